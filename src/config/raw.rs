@@ -1,0 +1,1 @@
+//! Raw serde structs, exactly as the files are written (filled in by the config work).

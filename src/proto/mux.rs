@@ -1,0 +1,1 @@
+//! The stream multiplexer of one link, sans I/O (API skeleton; implementation pending).
