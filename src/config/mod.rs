@@ -14,9 +14,13 @@ use std::time::Duration;
 use crate::keys::{MeshSecret, PrivateKey, PublicKey};
 
 mod raw;
+#[cfg(test)]
+mod tests;
 mod validate;
 
-pub use validate::{load_config, load_host_config, load_manifest};
+pub use validate::{
+    check_manifest_dir, is_exposed, lint_manifest, load_config, load_host_config, load_manifest,
+};
 
 /// A validated peer name: `[a-z0-9][a-z0-9-]{0,62}`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -293,4 +297,13 @@ pub enum ConfigError {
     /// One or more problems in the files; all of them are listed.
     #[error("{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Diagnostic>),
+}
+
+impl ConfigError {
+    /// Every problem found.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            ConfigError::Invalid(d) => d,
+        }
+    }
 }

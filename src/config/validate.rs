@@ -1,20 +1,1015 @@
 //! Validation of raw structs into the typed configuration.
+//!
+//! Every check runs to the end and every problem becomes a [`Diagnostic`]: an operator fixing
+//! a manifest in a pull request wants the whole list at once, not one error per CI run.
+//! Checks that need the whole manifest (references between peers, duplicate keys) run after
+//! every file has been read; the typed structs are built only when nothing was wrong.
 
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
 
-use super::{Config, ConfigError, HostConfig, Manifest};
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+
+use super::raw::{RawForward, RawHost, RawLimits, RawMesh, RawPeer, RawService};
+use super::{
+    AuthMode, Config, ConfigError, Diagnostic, Forward, HostConfig, HostPort, Limits, Manifest,
+    MeshSettings, Peer, PeerName, Service, ServiceName,
+};
+use crate::keys::{self, PublicKey};
+
+/// The mesh-wide settings file inside a manifest directory.
+const MESH_FILE: &str = "mesh.toml";
+/// Admin address when the host config sets none.
+const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
+/// State directory when the host config sets none.
+const DEFAULT_STATE_DIR: &str = "/var/lib/meshd";
+/// Mesh port when neither the host config nor the peer's endpoints give one.
+const DEFAULT_MESH_PORT: u16 = 7443;
+
+/// True when a listener on `ip` can be reached from outside the host's private networks.
+///
+/// Internal are: loopback (127/8, ::1), RFC 1918 private (10/8, 172.16/12, 192.168/16),
+/// CGNAT (100.64/10), link-local (169.254/16, fe80::/10) and IPv6 ULA (fc00::/7);
+/// IPv4-mapped IPv6 addresses follow the IPv4 rules. Everything else is exposed, including
+/// the unspecified addresses `0.0.0.0` and `[::]`, which listen on every interface.
+pub fn is_exposed(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !is_internal_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => !is_internal_v4(v4),
+            None => !is_internal_v6(v6),
+        },
+    }
+}
+
+fn is_internal_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, _, _] = ip.octets();
+    let cgnat = a == 100 && (b & 0xc0) == 64;
+    ip.is_loopback() || ip.is_private() || ip.is_link_local() || cgnat
+}
+
+fn is_internal_v6(ip: Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    let ula = (first & 0xfe00) == 0xfc00;
+    let link_local = (first & 0xffc0) == 0xfe80;
+    ip.is_loopback() || ula || link_local
+}
+
+impl HostPort {
+    /// The port to dial.
+    pub fn port(&self) -> u16 {
+        match self {
+            HostPort::Addr(a) => a.port(),
+            HostPort::Dns { port, .. } => *port,
+        }
+    }
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+
+    /// Parses `192.0.2.1:7443`, `[2001:db8::1]:7443` or `off2.example.org:7443`; the error
+    /// says what is wrong and how to write it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                return Err(format!("{s:?}: port must be 1-65535"));
+            }
+            return Ok(HostPort::Addr(addr));
+        }
+        if s.starts_with('[') {
+            return Err(format!(
+                "{s:?} is not a valid IPv6 address and port; write it as [addr]:port"
+            ));
+        }
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Err(format!("{s:?} has no port; write host:port"));
+        };
+        if host.contains(':') || host.contains(']') {
+            return Err(format!(
+                "{s:?} looks like an IPv6 address without brackets; write it as [addr]:port"
+            ));
+        }
+        let port = match port.parse::<u16>() {
+            Ok(p) if p != 0 => p,
+            _ => return Err(format!("{s:?}: port {port:?} is not a number in 1-65535")),
+        };
+        check_dns_name(host).map_err(|why| format!("{s:?}: {why}"))?;
+        Ok(HostPort::Dns {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+fn check_dns_name(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("missing host name".into());
+    }
+    if host.len() > 253 {
+        return Err("host name is longer than 253 characters".into());
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    for label in &labels {
+        let ok = (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "{host:?} is not a valid IP address or DNS name (labels of 1-63 letters, \
+                 digits and '-', not starting or ending with '-')"
+            ));
+        }
+    }
+    // An all-numeric last label is a mistyped IPv4 address, never a real top-level domain.
+    if labels
+        .last()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!("{host:?} is not a valid IPv4 address"));
+    }
+    Ok(())
+}
+
+/// Parses a listen address: an IP and a non-zero port, never a name (binding must not
+/// depend on DNS).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    match s.parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 => Err(format!("{s:?}: port must be 1-65535")),
+        Ok(a) => Ok(a),
+        Err(_) => Err(format!(
+            "{s:?} is not an IP address and port such as 127.0.0.1:16001 or [::1]:16001 \
+             (listen addresses are never resolved through DNS)"
+        )),
+    }
+}
+
+/// A file being validated: its path as shown in diagnostics, and its text to turn byte
+/// spans into line numbers.
+struct Source {
+    path: PathBuf,
+    text: String,
+}
+
+impl Source {
+    fn read(path: PathBuf) -> Result<Self, Diagnostic> {
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Self { path, text }),
+            Err(e) => Err(whole_file(&path, format!("cannot read this file: {e}"))),
+        }
+    }
+
+    fn line(&self, span: Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn diag(
+        &self,
+        span: Option<Range<usize>>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        Diagnostic {
+            file: self.path.clone(),
+            line: span.map(|s| self.line(s)),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn at<T>(
+        &self,
+        value: &Spanned<T>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        self.diag(Some(value.span()), field, message)
+    }
+
+    fn parse<T: DeserializeOwned>(&self) -> Result<T, Diagnostic> {
+        toml::from_str(&self.text).map_err(|e| self.diag(e.span(), "", e.message().trim_end()))
+    }
+}
+
+fn whole_file(path: &Path, message: impl Into<String>) -> Diagnostic {
+    Diagnostic {
+        file: path.to_path_buf(),
+        line: None,
+        field: String::new(),
+        message: message.into(),
+    }
+}
+
+/// Checks that `dir` can be used as a manifest at all: it is a directory holding
+/// `mesh.toml`. `meshctl check` tells this case (exit 64) from an invalid manifest (exit 1).
+pub fn check_manifest_dir(dir: &Path) -> Result<(), Diagnostic> {
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(whole_file(
+                dir,
+                "not a directory; expected a manifest directory",
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(whole_file(dir, "manifest directory does not exist"))
+        }
+        Err(e) => {
+            return Err(whole_file(
+                dir,
+                format!("cannot open manifest directory: {e}"),
+            ))
+        }
+    }
+    let mesh = dir.join(MESH_FILE);
+    if !mesh.is_file() {
+        return Err(whole_file(
+            &mesh,
+            "missing: a manifest directory needs mesh.toml (mesh_id, auth)",
+        ));
+    }
+    Ok(())
+}
+
+/// A peer file that parsed, with what validated so far and the lines later checks need.
+struct PeerDraft {
+    file: PathBuf,
+    name: PeerName,
+    endpoints: Vec<HostPort>,
+    public_key: Option<PublicKey>,
+    key_line: usize,
+    services: BTreeMap<ServiceName, ServiceDraft>,
+    forwards: Vec<ForwardDraft>,
+}
+
+struct ServiceDraft {
+    target: Option<HostPort>,
+    /// Each allowed peer with its index in `allow` and its line.
+    allow: Vec<(PeerName, usize, usize)>,
+}
+
+struct ForwardDraft {
+    listen: Option<SocketAddr>,
+    to: Option<(PeerName, ServiceName)>,
+    to_line: usize,
+    public: bool,
+}
 
 /// Loads and validates a manifest directory (`mesh.toml` + `*.toml`).
 pub fn load_manifest(dir: &Path) -> Result<Manifest, ConfigError> {
-    todo!("{}", dir.display())
+    check_manifest_dir(dir).map_err(|d| ConfigError::Invalid(vec![d]))?;
+    let mut diags = Vec::new();
+
+    let mesh = match Source::read(dir.join(MESH_FILE)) {
+        Ok(src) => match src.parse::<RawMesh>() {
+            Ok(raw) => validate_mesh(&src, raw, &mut diags),
+            Err(d) => {
+                diags.push(d);
+                None
+            }
+        },
+        Err(d) => {
+            diags.push(d);
+            None
+        }
+    };
+
+    let mut files = match peer_files(dir) {
+        Ok(files) => files,
+        Err(d) => {
+            diags.push(d);
+            Vec::new()
+        }
+    };
+    files.sort();
+
+    let mut names = BTreeSet::new();
+    let mut drafts = Vec::new();
+    for path in files {
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        let name = match PeerName::new(stem) {
+            Ok(n) => n,
+            Err(e) => {
+                diags.push(whole_file(
+                    &path,
+                    format!("file name: {e}; a peer file is named after its peer (NAME.toml)"),
+                ));
+                continue;
+            }
+        };
+        names.insert(name.clone());
+        let src = match Source::read(path) {
+            Ok(src) => src,
+            Err(d) => {
+                diags.push(d);
+                continue;
+            }
+        };
+        match src.parse::<RawPeer>() {
+            Ok(raw) => drafts.push(validate_peer(&src, name, raw, &mut diags)),
+            Err(d) => diags.push(d),
+        }
+    }
+    if names.is_empty() {
+        diags.push(whole_file(
+            dir,
+            "no peers: add one file per peer (NAME.toml), e.g. with `meshctl add-peer`",
+        ));
+    }
+
+    check_references(&drafts, &names, &mut diags);
+    check_duplicate_keys(&drafts, &mut diags);
+
+    let Some(mesh) = mesh else {
+        return Err(ConfigError::Invalid(diags));
+    };
+    if !diags.is_empty() {
+        return Err(ConfigError::Invalid(diags));
+    }
+    let mut peers = BTreeMap::new();
+    for draft in drafts {
+        let file = draft.file.clone();
+        match finish_peer(draft) {
+            Some(peer) => {
+                peers.insert(peer.name.clone(), peer);
+            }
+            None => diags.push(whole_file(&file, "internal error: incomplete peer")),
+        }
+    }
+    if !diags.is_empty() {
+        return Err(ConfigError::Invalid(diags));
+    }
+    Ok(Manifest {
+        dir: dir.to_path_buf(),
+        mesh,
+        peers,
+    })
+}
+
+/// Every `*.toml` in `dir` other than mesh.toml (following symlinks, as an infra repo
+/// symlinked into /etc would need).
+fn peer_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let entries = fs::read_dir(dir)
+        .map_err(|e| whole_file(dir, format!("cannot list manifest directory: {e}")))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| whole_file(dir, format!("cannot list manifest directory: {e}")))?;
+        let path = dir.join(entry.file_name());
+        let is_toml = path.extension().is_some_and(|e| e == "toml");
+        if is_toml && entry.file_name() != MESH_FILE && path.is_file() {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+fn validate_mesh(src: &Source, raw: RawMesh, diags: &mut Vec<Diagnostic>) -> Option<MeshSettings> {
+    let before = diags.len();
+    let mesh_id = raw.mesh_id.get_ref();
+    let id_ok = (1..=64).contains(&mesh_id.len())
+        && mesh_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !id_ok {
+        diags.push(src.at(
+            &raw.mesh_id,
+            "mesh_id",
+            format!("invalid mesh id {mesh_id:?}: use 1-64 characters from A-Z, a-z, 0-9, '.', '_' and '-'"),
+        ));
+    }
+    let auth = match &raw.auth {
+        None => AuthMode::Noise,
+        Some(a) => match a.get_ref().as_str() {
+            "noise" => AuthMode::Noise,
+            "psk" => AuthMode::Psk,
+            "tls" => {
+                diags.push(src.at(a, "auth", "auth = \"tls\" is not supported yet"));
+                AuthMode::Tls
+            }
+            other => {
+                diags.push(src.at(
+                    a,
+                    "auth",
+                    format!("unknown auth mode {other:?}: use \"noise\" or \"psk\""),
+                ));
+                AuthMode::Noise
+            }
+        },
+    };
+    let limits = validate_limits(src, raw.limits.unwrap_or_default(), diags);
+    (diags.len() == before).then(|| MeshSettings {
+        mesh_id: mesh_id.clone(),
+        auth,
+        limits,
+    })
+}
+
+fn validate_limits(src: &Source, raw: RawLimits, diags: &mut Vec<Diagnostic>) -> Limits {
+    let d = Limits::default();
+    let mut get = |v: &Option<Spanned<i64>>, name: &str, lo: i64, hi: i64, default: u64| -> u64 {
+        match v {
+            None => default,
+            Some(s) if (lo..=hi).contains(s.get_ref()) => *s.get_ref() as u64,
+            Some(s) => {
+                diags.push(src.at(
+                    s,
+                    format!("limits.{name}"),
+                    format!("{} is out of range: use {lo} to {hi}", s.get_ref()),
+                ));
+                default
+            }
+        }
+    };
+    let ms = |d: Duration| d.as_millis() as u64;
+    let stream_window = get(
+        &raw.stream_window,
+        "stream_window",
+        16 * 1024,
+        16 * 1024 * 1024,
+        u64::from(d.stream_window),
+    );
+    let max_streams = get(
+        &raw.max_streams,
+        "max_streams",
+        1,
+        65536,
+        d.max_streams as u64,
+    );
+    let ping = get(
+        &raw.ping_interval_ms,
+        "ping_interval_ms",
+        100,
+        600_000,
+        ms(d.ping_interval),
+    );
+    let handshake = get(
+        &raw.handshake_timeout_ms,
+        "handshake_timeout_ms",
+        100,
+        60_000,
+        ms(d.handshake_timeout),
+    );
+    let link_wait = get(
+        &raw.link_wait_ms,
+        "link_wait_ms",
+        0,
+        60_000,
+        ms(d.link_wait),
+    );
+    let pending = get(
+        &raw.max_pending_handshakes,
+        "max_pending_handshakes",
+        1,
+        65536,
+        d.max_pending_handshakes as u64,
+    );
+    // The ranges above are far inside u32/usize, so these conversions cannot truncate.
+    Limits {
+        stream_window: stream_window as u32,
+        max_streams: max_streams as usize,
+        ping_interval: Duration::from_millis(ping),
+        handshake_timeout: Duration::from_millis(handshake),
+        link_wait: Duration::from_millis(link_wait),
+        max_pending_handshakes: pending as usize,
+    }
+}
+
+fn validate_peer(
+    src: &Source,
+    name: PeerName,
+    raw: RawPeer,
+    diags: &mut Vec<Diagnostic>,
+) -> PeerDraft {
+    let mut endpoints = Vec::new();
+    for (i, ep) in raw.endpoints.iter().enumerate() {
+        match ep.get_ref().parse::<HostPort>() {
+            Ok(hp) => endpoints.push(hp),
+            Err(e) => diags.push(src.at(ep, format!("endpoints[{i}]"), e)),
+        }
+    }
+
+    let public_key = match PublicKey::from_base64(raw.public_key.get_ref()) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            diags.push(src.at(
+                &raw.public_key,
+                "public_key",
+                format!("{e}; copy the public_key line that `meshctl add-peer` wrote"),
+            ));
+            None
+        }
+    };
+
+    let mut services = BTreeMap::new();
+    for (svc_name, svc) in &raw.services {
+        let field = format!("services.{}", svc_name.get_ref());
+        match ServiceName::new(svc_name.get_ref()) {
+            Ok(n) => {
+                let draft = validate_service(src, &name, &field, svc, diags);
+                services.insert(n, draft);
+            }
+            Err(e) => diags.push(src.at(svc_name, field, e)),
+        }
+    }
+
+    let mut forwards = Vec::new();
+    let mut listens: HashMap<SocketAddr, usize> = HashMap::new();
+    for (i, fwd) in raw.forwards.iter().enumerate() {
+        let draft = validate_forward(src, &name, i, fwd, diags);
+        if let Some(listen) = draft.listen {
+            if let Some(first) = listens.insert(listen, i) {
+                diags.push(src.at(
+                    &fwd.listen,
+                    format!("forwards[{i}].listen"),
+                    format!("{listen} is already the listen address of forwards[{first}]; each forward needs its own address"),
+                ));
+            }
+        }
+        forwards.push(draft);
+    }
+
+    PeerDraft {
+        file: src.path.clone(),
+        name,
+        endpoints,
+        public_key,
+        key_line: src.line(raw.public_key.span()),
+        services,
+        forwards,
+    }
+}
+
+fn validate_service(
+    src: &Source,
+    me: &PeerName,
+    field: &str,
+    raw: &RawService,
+    diags: &mut Vec<Diagnostic>,
+) -> ServiceDraft {
+    let target = match raw.target.get_ref().parse::<HostPort>() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            diags.push(src.at(&raw.target, format!("{field}.target"), e));
+            None
+        }
+    };
+    let mut allow = Vec::new();
+    for (i, a) in raw.allow.iter().enumerate() {
+        let afield = format!("{field}.allow[{i}]");
+        match PeerName::new(a.get_ref()) {
+            Ok(p) if &p == me => diags.push(src.at(
+                a,
+                afield,
+                "a peer cannot forward to itself; remove it from allow",
+            )),
+            Ok(p) => allow.push((p, i, src.line(a.span()))),
+            Err(e) => diags.push(src.at(a, afield, e)),
+        }
+    }
+    ServiceDraft { target, allow }
+}
+
+fn validate_forward(
+    src: &Source,
+    me: &PeerName,
+    i: usize,
+    raw: &RawForward,
+    diags: &mut Vec<Diagnostic>,
+) -> ForwardDraft {
+    let listen = match parse_listen(raw.listen.get_ref()) {
+        Ok(addr) => {
+            if is_exposed(addr.ip()) && !raw.public {
+                diags.push(src.at(
+                    &raw.listen,
+                    format!("forwards[{i}].listen"),
+                    format!(
+                        "listens on {}, which is reachable from outside; use a loopback or \
+                         private address, or set public = true on this forward if that is \
+                         really intended",
+                        addr.ip()
+                    ),
+                ));
+            }
+            Some(addr)
+        }
+        Err(e) => {
+            diags.push(src.at(&raw.listen, format!("forwards[{i}].listen"), e));
+            None
+        }
+    };
+
+    let field = format!("forwards[{i}].to");
+    let to_str = raw.to.get_ref();
+    let to = match to_str.split_once('/') {
+        None => {
+            diags.push(src.at(
+                &raw.to,
+                field,
+                format!("{to_str:?} is not \"peer/service\""),
+            ));
+            None
+        }
+        Some((p, s)) => match (PeerName::new(p), ServiceName::new(s)) {
+            (Ok(p), _) if &p == me => {
+                diags.push(src.at(&raw.to, field, "a peer cannot forward to itself"));
+                None
+            }
+            (Ok(p), Ok(s)) => Some((p, s)),
+            (Err(e), _) | (_, Err(e)) => {
+                diags.push(src.at(&raw.to, field, e));
+                None
+            }
+        },
+    };
+    ForwardDraft {
+        listen,
+        to,
+        to_line: src.line(raw.to.span()),
+        public: raw.public,
+    }
+}
+
+/// References between peers: allow lists name existing peers, forwards reach an existing
+/// service that allows them.
+fn check_references(drafts: &[PeerDraft], names: &BTreeSet<PeerName>, diags: &mut Vec<Diagnostic>) {
+    let by_name: BTreeMap<&PeerName, &PeerDraft> = drafts.iter().map(|d| (&d.name, d)).collect();
+    let at = |d: &PeerDraft, line: usize, field: String, message: String| Diagnostic {
+        file: d.file.clone(),
+        line: Some(line),
+        field,
+        message,
+    };
+    for d in drafts {
+        for (svc, s) in &d.services {
+            for (p, i, line) in &s.allow {
+                if !names.contains(p) {
+                    diags.push(at(
+                        d,
+                        *line,
+                        format!("services.{svc}.allow[{i}]"),
+                        format!("unknown peer \"{p}\""),
+                    ));
+                }
+            }
+        }
+        for (i, f) in d.forwards.iter().enumerate() {
+            let Some((peer, svc)) = &f.to else { continue };
+            let field = format!("forwards[{i}].to");
+            if !names.contains(peer) {
+                diags.push(at(d, f.to_line, field, format!("unknown peer \"{peer}\"")));
+                continue;
+            }
+            // A peer whose own file failed to parse already has its own diagnostic.
+            let Some(exporter) = by_name.get(peer) else {
+                continue;
+            };
+            match exporter.services.get(svc) {
+                None => {
+                    let known: Vec<&str> =
+                        exporter.services.keys().map(ServiceName::as_str).collect();
+                    let known = if known.is_empty() {
+                        "it exports no services".to_owned()
+                    } else {
+                        format!("it exports: {}", known.join(", "))
+                    };
+                    diags.push(at(
+                        d,
+                        f.to_line,
+                        field,
+                        format!("peer \"{peer}\" has no service \"{svc}\" ({known})"),
+                    ));
+                }
+                Some(s) if !s.allow.iter().any(|(p, _, _)| p == &d.name) => {
+                    diags.push(at(
+                        d,
+                        f.to_line,
+                        field,
+                        format!(
+                            "{peer}/{svc} does not allow {me}; add \"{me}\" to \
+                             services.{svc}.allow in {}",
+                            exporter.file.display(),
+                            me = d.name
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// Two peers with one key could impersonate each other; report it on both files.
+fn check_duplicate_keys(drafts: &[PeerDraft], diags: &mut Vec<Diagnostic>) {
+    let mut by_key: BTreeMap<PublicKey, Vec<&PeerDraft>> = BTreeMap::new();
+    for d in drafts {
+        if let Some(k) = d.public_key {
+            by_key.entry(k).or_default().push(d);
+        }
+    }
+    for group in by_key.values().filter(|g| g.len() > 1) {
+        for d in group {
+            let others: Vec<String> = group
+                .iter()
+                .filter(|o| o.name != d.name)
+                .map(|o| format!("peer \"{}\" ({})", o.name, o.file.display()))
+                .collect();
+            diags.push(Diagnostic {
+                file: d.file.clone(),
+                line: Some(d.key_line),
+                field: "public_key".into(),
+                message: format!(
+                    "same public key as {}; every peer needs its own key (run `meshctl add-peer` on each host)",
+                    others.join(", ")
+                ),
+            });
+        }
+    }
+}
+
+fn finish_peer(d: PeerDraft) -> Option<Peer> {
+    let mut services = BTreeMap::new();
+    for (name, s) in d.services {
+        let service = Service {
+            target: s.target?,
+            allow: s.allow.into_iter().map(|(p, _, _)| p).collect(),
+        };
+        services.insert(name, service);
+    }
+    let mut forwards = Vec::new();
+    for f in d.forwards {
+        let (peer, service) = f.to?;
+        forwards.push(Forward {
+            listen: f.listen?,
+            peer,
+            service,
+            public: f.public,
+        });
+    }
+    Some(Peer {
+        name: d.name,
+        endpoints: d.endpoints,
+        public_key: d.public_key?,
+        services,
+        forwards,
+    })
+}
+
+/// Warnings about a valid manifest: things that load but are probably not what the
+/// operator meant. `meshctl check` prints them without failing.
+pub fn lint_manifest(m: &Manifest) -> Vec<Diagnostic> {
+    let mut warnings = Vec::new();
+    let file = |p: &PeerName| m.dir.join(format!("{p}.toml"));
+    let warn = |p: &PeerName, field: String, message: String| Diagnostic {
+        file: file(p),
+        line: None,
+        field,
+        message,
+    };
+    for peer in m.peers.values() {
+        for (name, svc) in &peer.services {
+            if svc.allow.is_empty() {
+                warnings.push(warn(
+                    &peer.name,
+                    format!("services.{name}.allow"),
+                    "allows no peer, so nobody can use this service; list the peers that need it"
+                        .into(),
+                ));
+            }
+            if let HostPort::Addr(addr) = &svc.target {
+                if is_exposed(addr.ip()) {
+                    warnings.push(warn(
+                        &peer.name,
+                        format!("services.{name}.target"),
+                        format!(
+                            "target {addr} is a public address; a service behind the mesh \
+                             usually listens on loopback or a private network only"
+                        ),
+                    ));
+                }
+            }
+        }
+        if peer.endpoints.is_empty() {
+            let dialers: Vec<&str> = m
+                .peers
+                .values()
+                .filter(|o| o.forwards.iter().any(|f| f.peer == peer.name))
+                .map(|o| o.name.as_str())
+                .collect();
+            if !dialers.is_empty() {
+                warnings.push(warn(
+                    &peer.name,
+                    "endpoints".into(),
+                    format!(
+                        "no endpoints, but {} forward to it: nobody can dial this peer",
+                        dialers.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    warnings
+}
+
+/// Where in the host config the fields that `load_config` checks are written.
+struct HostLines {
+    name: Option<usize>,
+    key: Option<usize>,
 }
 
 /// Loads and validates a host config file alone.
 pub fn load_host_config(path: &Path) -> Result<HostConfig, ConfigError> {
-    todo!("{}", path.display())
+    parse_host(path)
+        .map(|(host, _)| host)
+        .map_err(ConfigError::Invalid)
+}
+
+fn parse_host(path: &Path) -> Result<(HostConfig, HostLines), Vec<Diagnostic>> {
+    let src = Source::read(path.to_path_buf()).map_err(|d| vec![d])?;
+    let raw: RawHost = src.parse().map_err(|d| vec![d])?;
+    let mut diags = Vec::new();
+    // Relative paths are relative to the file, so a config symlinked from a git checkout
+    // can point into that checkout.
+    let base = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let resolve = |v: &Spanned<String>, field: &str, diags: &mut Vec<Diagnostic>| {
+        let p = Path::new(v.get_ref());
+        if v.get_ref().is_empty() {
+            diags.push(src.at(v, field, "must not be empty"));
+        }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    let manifest = resolve(&raw.manifest, "manifest", &mut diags);
+    let key = resolve(&raw.key, "key", &mut diags);
+    let mesh_secret = raw
+        .mesh_secret
+        .as_ref()
+        .map(|v| resolve(v, "mesh_secret", &mut diags));
+    let state_dir = match &raw.state_dir {
+        Some(v) => resolve(v, "state_dir", &mut diags),
+        None => PathBuf::from(DEFAULT_STATE_DIR),
+    };
+
+    let name = PeerName::new(raw.name.get_ref())
+        .map_err(|e| diags.push(src.at(&raw.name, "name", e)))
+        .ok();
+    let mut addr = |v: &Option<Spanned<String>>, field: &str| {
+        v.as_ref().and_then(|s| {
+            parse_listen(s.get_ref())
+                .map_err(|e| diags.push(src.at(s, field, e)))
+                .ok()
+        })
+    };
+    let listen = addr(&raw.listen, "listen");
+    let admin = addr(&raw.admin, "admin").unwrap_or(DEFAULT_ADMIN);
+
+    let Some(name) = name else {
+        return Err(diags);
+    };
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let lines = HostLines {
+        name: Some(src.line(raw.name.span())),
+        key: Some(src.line(raw.key.span())),
+    };
+    let host = HostConfig {
+        path: path.to_path_buf(),
+        name,
+        manifest,
+        key,
+        listen,
+        admin,
+        mesh_secret,
+        state_dir,
+    };
+    Ok((host, lines))
 }
 
 /// Loads the host config, its manifest, its key and mesh secret, and checks them together.
 pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
-    todo!("{}", path.display())
+    let (host, lines) = parse_host(path).map_err(ConfigError::Invalid)?;
+    let mut diags = Vec::new();
+    let on_host = |line: Option<usize>, field: &str, message: String| Diagnostic {
+        file: host.path.clone(),
+        line,
+        field: field.into(),
+        message,
+    };
+
+    let manifest = match load_manifest(&host.manifest) {
+        Ok(m) => Some(m),
+        Err(ConfigError::Invalid(d)) => {
+            diags.extend(d);
+            None
+        }
+    };
+    let private_key = keys::load_private_key(&host.key)
+        .map_err(|e| diags.push(on_host(lines.key, "key", e.to_string())))
+        .ok();
+    let mesh_secret = match &host.mesh_secret {
+        Some(p) => match keys::load_mesh_secret(p) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                diags.push(on_host(None, "mesh_secret", e.to_string()));
+                None
+            }
+        },
+        None => None,
+    };
+
+    if let Some(m) = &manifest {
+        match m.peers.get(&host.name) {
+            None => diags.push(on_host(
+                lines.name,
+                "name",
+                format!(
+                    "no peer \"{}\" in the manifest {}: add {} (`meshctl add-peer`)",
+                    host.name,
+                    m.dir.display(),
+                    m.dir.join(format!("{}.toml", host.name)).display()
+                ),
+            )),
+            Some(me) => {
+                if let Some(k) = &private_key {
+                    let actual = k.public_key();
+                    if actual != me.public_key {
+                        diags.push(on_host(
+                            lines.key,
+                            "key",
+                            format!(
+                                "the key file {} has public key {actual}, but {} says \
+                                 public_key = \"{}\"; this key file does not belong to peer \
+                                 \"{}\"",
+                                host.key.display(),
+                                m.dir.join(format!("{}.toml", host.name)).display(),
+                                me.public_key,
+                                host.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if m.mesh.auth == AuthMode::Psk && host.mesh_secret.is_none() {
+            diags.push(on_host(
+                None,
+                "mesh_secret",
+                format!(
+                    "auth = \"psk\" in {} needs the mesh secret: set mesh_secret to its file \
+                     (32 random bytes, mode 0600, distributed out of band)",
+                    m.dir.join(MESH_FILE).display()
+                ),
+            ));
+        }
+    }
+
+    if !diags.is_empty() {
+        return Err(ConfigError::Invalid(diags));
+    }
+    let (Some(manifest), Some(private_key)) = (manifest, private_key) else {
+        return Err(ConfigError::Invalid(vec![on_host(
+            None,
+            "",
+            "internal error: configuration incomplete".into(),
+        )]));
+    };
+    let listen = match host.listen {
+        Some(l) => l,
+        None => {
+            let port = manifest
+                .peers
+                .get(&host.name)
+                .and_then(|me| me.endpoints.first())
+                .map_or(DEFAULT_MESH_PORT, HostPort::port);
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)
+        }
+    };
+    Ok(Config {
+        host,
+        manifest,
+        private_key,
+        mesh_secret,
+        listen,
+    })
 }
