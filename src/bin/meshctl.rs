@@ -1,1 +1,294 @@
-fn main() {}
+//! `meshctl`: onboards a server (`add-peer`), checks a manifest as a CI step (`check`) and
+//! prints pair fingerprints for out-of-band verification (`pair`).
+//!
+//! Exit codes: 0 success, 1 failure (including an invalid manifest), 64 (EX_USAGE) when the
+//! manifest directory cannot be used at all, 2 for command-line mistakes (clap).
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use meshd::config::{self, ConfigError, Diagnostic, HostPort, PeerName};
+use meshd::keys::{self, KeyError, PublicKey};
+
+/// Exit code for an unusable manifest directory (sysexits EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "meshctl", version, about = "Manage a meshd mesh")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Onboard this server: create its key file (if absent) and write DIR/NAME.toml to commit.
+    AddPeer {
+        /// The new peer's name (a-z, 0-9, '-').
+        name: String,
+        /// Where other peers dial this one: IPv4:port, [IPv6]:port or dns-name:port.
+        #[arg(long = "endpoint", value_name = "HOST:PORT", required = true)]
+        endpoints: Vec<String>,
+        /// The manifest directory.
+        #[arg(long, value_name = "DIR", default_value = "peers")]
+        manifest: PathBuf,
+        /// This host's private key file (created 0600 if absent, never overwritten).
+        #[arg(long, value_name = "FILE", default_value = "/etc/meshd/host.key")]
+        key: PathBuf,
+    },
+    /// Validate a manifest directory: errors fail (exit 1), warnings are only printed.
+    Check {
+        /// The manifest directory.
+        #[arg(long, value_name = "DIR", default_value = "peers")]
+        manifest: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Print the fingerprint of a pair of peers, to compare out of band.
+    Pair {
+        /// One peer.
+        a: String,
+        /// The other peer (the order does not matter).
+        b: String,
+        /// The manifest directory.
+        #[arg(long, value_name = "DIR", default_value = "peers")]
+        manifest: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::AddPeer {
+            name,
+            endpoints,
+            manifest,
+            key,
+        } => add_peer(&name, &endpoints, &manifest, &key),
+        Command::Check { manifest, format } => check(&manifest, format),
+        Command::Pair { a, b, manifest } => pair(&a, &b, &manifest),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("meshctl: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A reader that closed our stdout (`meshctl check | head`) is not an error.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn add_peer(
+    name: &str,
+    endpoints: &[String],
+    manifest: &Path,
+    key: &Path,
+) -> anyhow::Result<ExitCode> {
+    // Validate everything before touching the disk, so a typo leaves no half-made key.
+    let name = PeerName::new(name).map_err(anyhow::Error::msg)?;
+    let mut parsed = Vec::new();
+    for ep in endpoints {
+        let hp: HostPort = ep
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--endpoint {e}"))?;
+        parsed.push(hp);
+    }
+    if !manifest.is_dir() {
+        bail!(
+            "{}: manifest directory does not exist (use --manifest DIR)",
+            manifest.display()
+        );
+    }
+    let file = manifest.join(format!("{name}.toml"));
+    if file.exists() {
+        bail!(
+            "{}: already exists; peer \"{name}\" is already in the manifest (edit that file, \
+             or pick another name)",
+            file.display()
+        );
+    }
+
+    let (public, created) = host_public_key(key)?;
+    let text = peer_file_text(&name, &parsed, &public);
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&file)
+        .with_context(|| format!("cannot create {}", file.display()))?;
+    out.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", file.display()))?;
+
+    let mut stdout = io::stdout().lock();
+    if created {
+        writeln!(
+            stdout,
+            "created private key {} (mode 0600, never commit it)",
+            key.display()
+        )?;
+    } else {
+        writeln!(stdout, "reusing the existing private key {}", key.display())?;
+    }
+    writeln!(stdout, "wrote {}", file.display())?;
+    writeln!(stdout)?;
+    writeln!(stdout, "next steps:")?;
+    writeln!(
+        stdout,
+        "  1. add services and forwards to {} if this host needs them, then \
+         `meshctl check --manifest {}`",
+        file.display(),
+        manifest.display()
+    )?;
+    writeln!(stdout, "  2. commit {} and push it", file.display())?;
+    writeln!(
+        stdout,
+        "  3. on the other hosts: `git pull`, then `meshctl reload` (or `systemctl reload meshd`)"
+    )?;
+    writeln!(
+        stdout,
+        "  4. add \"{name}\" to the allow list of every service it should reach \
+         (services.NAME.allow in that peer's file)"
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The public key of this host's key file, creating the file if absent. An existing key file
+/// is only read (and mode-checked): replacing it would cut this host off from the mesh.
+fn host_public_key(key: &Path) -> anyhow::Result<(PublicKey, bool)> {
+    match keys::create_private_key_file(key) {
+        Ok(public) => Ok((public, true)),
+        Err(KeyError::Exists { .. }) => {
+            let private = keys::load_private_key(key)?;
+            Ok((private.public_key(), false))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The new peer's file: only the required keys, then commented examples, so that a script
+/// can append `[services.X]` and `[[forwards]]` tables to the file as it stands.
+fn peer_file_text(name: &PeerName, endpoints: &[HostPort], public: &PublicKey) -> String {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|e| format!("{:?}", e.to_string()))
+        .collect();
+    format!(
+        "# Peer \"{name}\", written by `meshctl add-peer`. Public information, safe to commit.\n\
+         # Where other peers dial this one, in order of preference.\n\
+         endpoints = [{}]\n\
+         # X25519 public key; the private key stays in this host's key file.\n\
+         public_key = \"{public}\"\n\
+         \n\
+         # A service this peer exports, reachable only by the peers listed in allow:\n\
+         # [services.postgres]\n\
+         # target = \"127.0.0.1:5432\"\n\
+         # allow = [\"web1\"]\n\
+         #\n\
+         # An entrance on this peer to another peer's service:\n\
+         # [[forwards]]\n\
+         # listen = \"127.0.0.1:16001\"\n\
+         # to = \"db1/postgres\"\n",
+        eps.join(", ")
+    )
+}
+
+fn check(manifest: &Path, format: Format) -> anyhow::Result<ExitCode> {
+    let (errors, warnings, code) = match config::check_manifest_dir(manifest) {
+        Err(d) => (vec![d], Vec::new(), ExitCode::from(EX_USAGE)),
+        Ok(()) => match config::load_manifest(manifest) {
+            Ok(m) => (Vec::new(), config::lint_manifest(&m), ExitCode::SUCCESS),
+            Err(e @ ConfigError::Invalid(_)) => {
+                (e.diagnostics().to_vec(), Vec::new(), ExitCode::FAILURE)
+            }
+        },
+    };
+    let mut stdout = io::stdout().lock();
+    match format {
+        Format::Text => {
+            for d in &errors {
+                writeln!(stdout, "error: {d}")?;
+            }
+            for d in &warnings {
+                writeln!(stdout, "warning: {d}")?;
+            }
+            writeln!(
+                stdout,
+                "{} error{}, {} warning{}",
+                errors.len(),
+                plural(errors.len()),
+                warnings.len(),
+                plural(warnings.len())
+            )?;
+        }
+        Format::Json => {
+            let doc = serde_json::json!({
+                "ok": errors.is_empty(),
+                "errors": errors.iter().map(diag_json).collect::<Vec<_>>(),
+                "warnings": warnings.iter().map(diag_json).collect::<Vec<_>>(),
+            });
+            writeln!(stdout, "{doc}")?;
+        }
+    }
+    stdout.flush()?;
+    Ok(code)
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn diag_json(d: &Diagnostic) -> serde_json::Value {
+    serde_json::json!({
+        "file": d.file.display().to_string(),
+        "line": d.line,
+        "field": d.field,
+        "message": d.message,
+    })
+}
+
+fn pair(a: &str, b: &str, manifest: &Path) -> anyhow::Result<ExitCode> {
+    let m = config::load_manifest(manifest)
+        .with_context(|| format!("manifest {} is not valid", manifest.display()))?;
+    let key_of = |n: &str| -> anyhow::Result<(PeerName, PublicKey)> {
+        let name = PeerName::new(n).map_err(anyhow::Error::msg)?;
+        match m.peers.get(&name) {
+            Some(p) => Ok((name, p.public_key)),
+            None => bail!(
+                "unknown peer \"{n}\" (no {} in the manifest)",
+                manifest.join(format!("{n}.toml")).display()
+            ),
+        }
+    };
+    let (a, ka) = key_of(a)?;
+    let (b, kb) = key_of(b)?;
+    if a == b {
+        bail!("a pair needs two different peers");
+    }
+    let fp = keys::pair_fingerprint(&m.mesh.mesh_id, (a.as_str(), &ka), (b.as_str(), &kb));
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "{fp}")?;
+    stdout.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -334,6 +334,8 @@ pub fn load_manifest(dir: &Path) -> Result<Manifest, ConfigError> {
     check_references(&drafts, &names, &mut diags);
     check_duplicate_keys(&drafts, &mut diags);
 
+    // Reading order (file, then line) is what an operator fixing the files wants.
+    diags.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     let Some(mesh) = mesh else {
         return Err(ConfigError::Invalid(diags));
     };
@@ -518,9 +520,10 @@ fn validate_peer(
     let mut services = BTreeMap::new();
     for (svc_name, svc) in &raw.services {
         let field = format!("services.{}", svc_name.get_ref());
+        // The body is checked even under a bad name, so one run reports both.
+        let draft = validate_service(src, &name, &field, svc, diags);
         match ServiceName::new(svc_name.get_ref()) {
             Ok(n) => {
-                let draft = validate_service(src, &name, &field, svc, diags);
                 services.insert(n, draft);
             }
             Err(e) => diags.push(src.at(svc_name, field, e)),
