@@ -832,6 +832,7 @@ pub fn lint_manifest(m: &Manifest) -> Vec<Diagnostic> {
 struct HostLines {
     name: Option<usize>,
     key: Option<usize>,
+    mesh_secret: Option<usize>,
 }
 
 /// Loads and validates a host config file alone.
@@ -895,6 +896,7 @@ fn parse_host(path: &Path) -> Result<(HostConfig, HostLines), Vec<Diagnostic>> {
     let lines = HostLines {
         name: Some(src.line(raw.name.span())),
         key: Some(src.line(raw.key.span())),
+        mesh_secret: raw.mesh_secret.as_ref().map(|v| src.line(v.span())),
     };
     let host = HostConfig {
         path: path.to_path_buf(),
@@ -934,7 +936,7 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
         Some(p) => match keys::load_mesh_secret(p) {
             Ok(s) => Some(s),
             Err(e) => {
-                diags.push(on_host(None, "mesh_secret", e.to_string()));
+                diags.push(on_host(lines.mesh_secret, "mesh_secret", e.to_string()));
                 None
             }
         },
