@@ -32,7 +32,9 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// A key file can be read by group or others.
-    #[error("{path}: mode {mode:04o} lets other users read this secret; fix it with `chmod 600 {path}`")]
+    #[error(
+        "{path}: mode {mode:04o} lets other users read this secret; fix it with `chmod 600 {path}`"
+    )]
     Permissions {
         /// The key file.
         path: PathBuf,
@@ -168,8 +170,8 @@ pub fn fill_random(buf: &mut [u8]) -> Result<(), KeyError> {
 fn x25519_base(private: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
     // snow derives the public key when a private key is set on a DH object; we reach it
     // through a throwaway builder-free resolver call.
-    use snow::resolvers::{CryptoResolver, DefaultResolver};
     use snow::params::DHChoice;
+    use snow::resolvers::{CryptoResolver, DefaultResolver};
     let mut out = [0u8; KEY_LEN];
     if let Some(mut dh) = DefaultResolver.resolve_dh(&DHChoice::Curve25519) {
         dh.set(private);
@@ -324,7 +326,9 @@ fn write_secret_file(path: &Path, bytes: &[u8; KEY_LEN]) -> Result<(), KeyError>
         })?;
     let mut line = B64.encode(bytes);
     line.push('\n');
-    let r = file.write_all(line.as_bytes()).and_then(|_| file.sync_all());
+    let r = file
+        .write_all(line.as_bytes())
+        .and_then(|_| file.sync_all());
     line.zeroize();
     r.map_err(|source| KeyError::Io {
         path: path.to_path_buf(),
@@ -415,7 +419,10 @@ mod tests {
         // RFC 7748 section 6.1, Alice's key pair.
         let private = hex32("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
         let public = hex32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a");
-        assert_eq!(PrivateKey::from_bytes(private).public_key().as_bytes(), &public);
+        assert_eq!(
+            PrivateKey::from_bytes(private).public_key().as_bytes(),
+            &public
+        );
     }
 
     fn hex32(s: &str) -> [u8; KEY_LEN] {
