@@ -780,3 +780,837 @@ impl Mux {
         self.streams.is_empty() && !self.has_pending_transmit()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn cfg() -> MuxConfig {
+        MuxConfig {
+            window: 64 * 1024,
+            max_streams: 16,
+            max_record: 65535 - 16,
+            ping_interval: 10 * SEC,
+            dead_after: 3,
+        }
+    }
+
+    struct Pair {
+        d: Mux,
+        a: Mux,
+        now: Instant,
+    }
+
+    impl Pair {
+        fn new(cfg: MuxConfig) -> Self {
+            Self::with(cfg.clone(), cfg)
+        }
+
+        fn with(dialer: MuxConfig, acceptor: MuxConfig) -> Self {
+            let now = Instant::now();
+            Pair {
+                d: Mux::new(Role::Dialer, dialer, now),
+                a: Mux::new(Role::Acceptor, acceptor, now),
+                now,
+            }
+        }
+
+        /// Moves records both ways until neither side has anything to send.
+        fn pump(&mut self) -> usize {
+            let mut records = 0;
+            loop {
+                let n = transfer(&mut self.d, &mut self.a, self.now)
+                    + transfer(&mut self.a, &mut self.d, self.now);
+                if n == 0 {
+                    return records;
+                }
+                records += n;
+            }
+        }
+    }
+
+    /// Moves every record `from` has queued into `to`, checking the record size bound.
+    fn transfer(from: &mut Mux, to: &mut Mux, now: Instant) -> usize {
+        let mut n = 0;
+        loop {
+            let mut out = Vec::new();
+            if !from.poll_transmit(&mut out) {
+                assert!(out.is_empty());
+                return n;
+            }
+            assert!(!out.is_empty());
+            assert!(out.len() <= from.cfg.max_record, "record of {}", out.len());
+            to.handle_record(Bytes::from(out), now).unwrap();
+            n += 1;
+        }
+    }
+
+    fn events(m: &mut Mux) -> Vec<Event> {
+        std::iter::from_fn(|| m.poll_event()).collect()
+    }
+
+    fn data(stream: StreamId, bytes: &'static [u8]) -> Event {
+        Event::Data {
+            stream,
+            data: Bytes::from_static(bytes),
+        }
+    }
+
+    fn record(frames: &[Frame<'_>]) -> Bytes {
+        let mut out = Vec::new();
+        for f in frames {
+            f.encode(&mut out);
+        }
+        Bytes::from(out)
+    }
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Bytes {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ (i >> 9) as u8 ^ seed)
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    #[test]
+    fn open_zero_rtt_data_then_accept() {
+        let mut p = Pair::new(cfg());
+        let s = p.d.open("echo").unwrap();
+        assert_eq!(s, 1);
+        p.d.send(s, Bytes::from_static(b"hello")).unwrap();
+        assert!(p.d.has_pending_transmit());
+        p.pump();
+        assert_eq!(
+            events(&mut p.a),
+            vec![
+                Event::Opened {
+                    stream: 1,
+                    service: "echo".into()
+                },
+                data(1, b"hello")
+            ]
+        );
+        // Not accepted yet: the acceptor may not send.
+        assert_eq!(
+            p.a.send(1, Bytes::from_static(b"x")),
+            Err(MuxError::NotOpen(1))
+        );
+        p.a.accept(1);
+        p.a.send(1, Bytes::from_static(b"world")).unwrap();
+        p.pump();
+        assert_eq!(
+            events(&mut p.d),
+            vec![Event::OpenOk { stream: 1 }, data(1, b"world")]
+        );
+        assert_eq!(p.d.open("echo").unwrap(), 2);
+        assert_eq!(p.d.stream_count(), 2);
+    }
+
+    #[test]
+    fn open_rejects_bad_names_and_acceptor() {
+        let mut p = Pair::new(cfg());
+        assert!(matches!(p.d.open("Bad Name"), Err(MuxError::Frame(_))));
+        assert!(matches!(p.d.open(""), Err(MuxError::Frame(_))));
+        assert_eq!(p.a.open("svc"), Err(MuxError::UnexpectedOpen));
+        assert!(p.d.is_idle());
+    }
+
+    #[test]
+    fn refuse_reaches_dialer_and_late_data_is_ignored() {
+        let mut p = Pair::new(cfg());
+        let s = p.d.open("db").unwrap();
+        p.d.send(s, Bytes::from_static(b"early")).unwrap();
+        p.pump();
+        assert_eq!(events(&mut p.a).len(), 2);
+        p.a.refuse(s, OpenError::NotAllowed);
+        // In flight while the refusal travels: the acceptor drops it silently.
+        p.d.send(s, Bytes::from_static(b"late")).unwrap();
+        p.d.finish(s);
+        p.pump();
+        assert_eq!(
+            events(&mut p.d),
+            vec![Event::OpenErr {
+                stream: s,
+                code: OpenError::NotAllowed
+            }]
+        );
+        assert!(events(&mut p.a).is_empty());
+        assert!(p.d.is_idle() && p.a.is_idle());
+        assert_eq!(
+            p.d.send(s, Bytes::from_static(b"x")),
+            Err(MuxError::NotOpen(s))
+        );
+    }
+
+    /// Moves `payload` over `stream` from one side to the other, consuming all it receives.
+    fn transfer_all(p: &mut Pair, dialer_sends: bool, stream: StreamId, payload: &Bytes) {
+        let mut sent = 0;
+        let mut got = Vec::with_capacity(payload.len());
+        let mut rounds = 0;
+        while got.len() < payload.len() {
+            rounds += 1;
+            assert!(rounds < 100_000, "no progress");
+            let tx = if dialer_sends { &mut p.d } else { &mut p.a };
+            let n = (tx.send_credit(stream) as usize)
+                .min(payload.len() - sent)
+                .min(20_000);
+            if n > 0 {
+                tx.send(stream, payload.slice(sent..sent + n)).unwrap();
+                sent += n;
+            }
+            p.pump();
+            let rx = if dialer_sends { &mut p.a } else { &mut p.d };
+            for e in events(rx) {
+                if let Event::Data { stream: s, data } = e {
+                    assert_eq!(s, stream);
+                    got.extend_from_slice(&data);
+                    rx.consumed(s, data.len());
+                }
+            }
+            // Returns the WINDOW frames; the sender's Credit events are not needed here.
+            p.pump();
+            let tx = if dialer_sends { &mut p.d } else { &mut p.a };
+            events(tx);
+        }
+        assert_eq!(got.len(), payload.len());
+        assert!(got == payload[..], "bytes differ");
+    }
+
+    #[test]
+    fn ten_mib_through_one_stream() {
+        let mut p = Pair::new(MuxConfig {
+            window: 256 * 1024,
+            ..cfg()
+        });
+        let s = p.d.open("bulk").unwrap();
+        p.pump();
+        p.a.accept(s);
+        p.pump();
+        events(&mut p.a);
+        events(&mut p.d);
+        let payload = pattern(10 << 20, 7);
+        transfer_all(&mut p, true, s, &payload);
+        let back = pattern(3 << 20, 9);
+        transfer_all(&mut p, false, s, &back);
+    }
+
+    #[test]
+    fn credit_blocks_sender_but_not_other_streams() {
+        let mut p = Pair::new(MuxConfig {
+            window: 4096,
+            ..cfg()
+        });
+        let slow = p.d.open("slow").unwrap();
+        let fast = p.d.open("fast").unwrap();
+        p.pump();
+        p.a.accept(slow);
+        p.a.accept(fast);
+        p.pump();
+        events(&mut p.a);
+        events(&mut p.d);
+
+        p.d.send(slow, pattern(4096, 1)).unwrap();
+        assert_eq!(p.d.send_credit(slow), 0);
+        assert_eq!(
+            p.d.send(slow, Bytes::from_static(b"x")),
+            Err(MuxError::OverCredit {
+                stream: slow,
+                wanted: 1,
+                credit: 0
+            })
+        );
+        p.pump();
+        let slow_events = events(&mut p.a);
+        let slow_bytes: usize = slow_events
+            .iter()
+            .map(|e| match e {
+                Event::Data { data, .. } => data.len(),
+                other => panic!("{other:?}"),
+            })
+            .sum();
+        assert_eq!(slow_bytes, 4096);
+        // The receiver never consumes `slow`; `fast` still moves many windows' worth.
+        transfer_all(&mut p, true, fast, &pattern(1 << 20, 2));
+        assert_eq!(p.d.send_credit(slow), 0);
+
+        // Half a window consumed: credit comes back and the driver is told.
+        p.a.consumed(slow, 1000);
+        p.pump();
+        assert!(
+            events(&mut p.d).is_empty(),
+            "below half a window: no WINDOW"
+        );
+        p.a.consumed(slow, 1048);
+        p.pump();
+        assert_eq!(
+            events(&mut p.d),
+            vec![Event::Credit {
+                stream: slow,
+                bytes: 2048
+            }]
+        );
+        assert_eq!(p.d.send_credit(slow), 2048);
+    }
+
+    #[test]
+    fn peer_sending_beyond_credit_is_fatal() {
+        let c = MuxConfig {
+            window: 1000,
+            ..cfg()
+        };
+        let now = Instant::now();
+        let mut a = Mux::new(Role::Acceptor, c.clone(), now);
+        let big = vec![1u8; 1001];
+        let r = record(&[
+            Frame::Open {
+                stream: 1,
+                service: "svc",
+            },
+            Frame::Data {
+                stream: 1,
+                data: &big,
+            },
+        ]);
+        assert_eq!(
+            a.handle_record(r, now),
+            Err(MuxError::CreditExceeded {
+                stream: 1,
+                window: 1000
+            })
+        );
+        // No event of a dying record escapes.
+        assert_eq!(a.poll_event(), None);
+
+        let mut a = Mux::new(Role::Acceptor, c, now);
+        let part = vec![1u8; 600];
+        let open = record(&[Frame::Open {
+            stream: 1,
+            service: "svc",
+        }]);
+        a.handle_record(open, now).unwrap();
+        let d = record(&[Frame::Data {
+            stream: 1,
+            data: &part,
+        }]);
+        a.handle_record(d.clone(), now).unwrap();
+        assert_eq!(
+            a.handle_record(d, now),
+            Err(MuxError::CreditExceeded {
+                stream: 1,
+                window: 400
+            })
+        );
+    }
+
+    #[test]
+    fn window_overflow_is_fatal() {
+        let now = Instant::now();
+        let mut d = Mux::new(Role::Dialer, cfg(), now);
+        let s = d.open("svc").unwrap();
+        let r = record(&[Frame::Window {
+            stream: s,
+            credit: u32::MAX,
+        }]);
+        assert_eq!(
+            d.handle_record(r, now),
+            Err(MuxError::WindowOverflow { stream: s })
+        );
+    }
+
+    #[test]
+    fn half_close_dialer_first_then_acceptor() {
+        let mut p = Pair::new(cfg());
+        let s = p.d.open("svc").unwrap();
+        p.d.send(s, Bytes::from_static(b"req")).unwrap();
+        p.d.finish(s);
+        assert_eq!(
+            p.d.send(s, Bytes::from_static(b"x")),
+            Err(MuxError::SendAfterFin(s))
+        );
+        p.pump();
+        assert_eq!(
+            events(&mut p.a),
+            vec![
+                Event::Opened {
+                    stream: s,
+                    service: "svc".into()
+                },
+                data(s, b"req"),
+                Event::Fin { stream: s }
+            ]
+        );
+        p.a.accept(s);
+        p.a.send(s, Bytes::from_static(b"resp")).unwrap();
+        p.a.finish(s);
+        p.pump();
+        assert_eq!(events(&mut p.a), vec![Event::Closed { stream: s }]);
+        assert_eq!(
+            events(&mut p.d),
+            vec![
+                Event::OpenOk { stream: s },
+                data(s, b"resp"),
+                Event::Fin { stream: s },
+                Event::Closed { stream: s }
+            ]
+        );
+        assert!(p.d.is_idle() && p.a.is_idle());
+    }
+
+    #[test]
+    fn half_close_acceptor_first_then_dialer() {
+        let mut p = Pair::new(cfg());
+        let s = p.d.open("svc").unwrap();
+        p.pump();
+        p.a.accept(s);
+        p.a.send(s, Bytes::from_static(b"banner")).unwrap();
+        p.a.finish(s);
+        p.pump();
+        events(&mut p.a);
+        assert_eq!(
+            events(&mut p.d),
+            vec![
+                Event::OpenOk { stream: s },
+                data(s, b"banner"),
+                Event::Fin { stream: s }
+            ]
+        );
+        // Still writable after the peer's FIN.
+        p.d.send(s, Bytes::from_static(b"more")).unwrap();
+        p.d.finish(s);
+        p.pump();
+        assert_eq!(events(&mut p.d), vec![Event::Closed { stream: s }]);
+        assert_eq!(
+            events(&mut p.a),
+            vec![
+                data(s, b"more"),
+                Event::Fin { stream: s },
+                Event::Closed { stream: s }
+            ]
+        );
+        assert!(p.d.is_idle() && p.a.is_idle());
+    }
+
+    #[test]
+    fn data_after_fin_is_fatal() {
+        let now = Instant::now();
+        let mut a = Mux::new(Role::Acceptor, cfg(), now);
+        let r = record(&[
+            Frame::Open {
+                stream: 1,
+                service: "svc",
+            },
+            Frame::Fin { stream: 1 },
+            Frame::Data {
+                stream: 1,
+                data: b"x",
+            },
+        ]);
+        assert_eq!(
+            a.handle_record(r, now),
+            Err(MuxError::DataAfterFin { stream: 1 })
+        );
+    }
+
+    #[test]
+    fn reset_drops_queued_data_both_ways() {
+        let mut p = Pair::new(cfg());
+        let s = p.d.open("svc").unwrap();
+        p.pump();
+        p.a.accept(s);
+        p.pump();
+        events(&mut p.a);
+        events(&mut p.d);
+        p.d.send(s, pattern(5000, 3)).unwrap();
+        p.d.reset(s, ResetCode::Cancelled);
+        assert_eq!(p.d.stream_count(), 0);
+        p.pump();
+        assert_eq!(
+            events(&mut p.a),
+            vec![Event::Reset {
+                stream: s,
+                code: ResetCode::Cancelled
+            }]
+        );
+        assert!(p.d.is_idle() && p.a.is_idle());
+
+        let s = p.d.open("svc").unwrap();
+        p.pump();
+        p.a.accept(s);
+        p.a.reset(s, ResetCode::TargetError);
+        p.pump();
+        assert_eq!(
+            events(&mut p.d),
+            vec![
+                Event::OpenOk { stream: s },
+                Event::Reset {
+                    stream: s,
+                    code: ResetCode::TargetError
+                }
+            ]
+        );
+        assert_eq!(
+            p.d.send(s, Bytes::from_static(b"x")),
+            Err(MuxError::NotOpen(s))
+        );
+        assert!(p.d.is_idle() && p.a.is_idle());
+    }
+
+    #[test]
+    fn max_streams_auto_refuse() {
+        let mut p = Pair::with(
+            cfg(),
+            MuxConfig {
+                max_streams: 2,
+                ..cfg()
+            },
+        );
+        for _ in 0..3 {
+            let s = p.d.open("svc").unwrap();
+            p.d.send(s, Bytes::from_static(b"hi")).unwrap();
+        }
+        p.pump();
+        let opened = events(&mut p.a)
+            .into_iter()
+            .filter(|e| matches!(e, Event::Opened { .. }))
+            .count();
+        assert_eq!(opened, 2);
+        assert_eq!(p.a.stream_count(), 2);
+        assert_eq!(
+            events(&mut p.d),
+            vec![Event::OpenErr {
+                stream: 3,
+                code: OpenError::TooManyStreams
+            }]
+        );
+        assert_eq!(p.d.stream_count(), 2);
+
+        let mut d = Mux::new(
+            Role::Dialer,
+            MuxConfig {
+                max_streams: 1,
+                ..cfg()
+            },
+            p.now,
+        );
+        d.open("svc").unwrap();
+        assert_eq!(d.open("svc"), Err(MuxError::TooManyStreams));
+    }
+
+    #[test]
+    fn stream_id_reuse_and_misplaced_open() {
+        let now = Instant::now();
+        let open = |stream| Frame::Open {
+            stream,
+            service: "svc",
+        };
+        let mut a = Mux::new(Role::Acceptor, cfg(), now);
+        assert_eq!(
+            a.handle_record(record(&[open(1), open(1)]), now),
+            Err(MuxError::DuplicateStream(1))
+        );
+        let mut a = Mux::new(Role::Acceptor, cfg(), now);
+        assert_eq!(
+            a.handle_record(record(&[open(5), open(3)]), now),
+            Err(MuxError::StreamIdNotIncreasing(3))
+        );
+        // A refused id is forgotten but still may not be reused.
+        let mut a = Mux::new(Role::Acceptor, cfg(), now);
+        a.handle_record(record(&[open(1)]), now).unwrap();
+        a.refuse(1, OpenError::UnknownService);
+        assert_eq!(
+            a.handle_record(record(&[open(1)]), now),
+            Err(MuxError::StreamIdNotIncreasing(1))
+        );
+        let mut d = Mux::new(Role::Dialer, cfg(), now);
+        assert_eq!(
+            d.handle_record(record(&[open(1)]), now),
+            Err(MuxError::UnexpectedOpen)
+        );
+    }
+
+    #[test]
+    fn frames_for_unknown_streams_are_ignored() {
+        let now = Instant::now();
+        let mut a = Mux::new(Role::Acceptor, cfg(), now);
+        let r = record(&[
+            Frame::Data {
+                stream: 9,
+                data: b"x",
+            },
+            Frame::Fin { stream: 9 },
+            Frame::Window {
+                stream: 9,
+                credit: 5,
+            },
+            Frame::Rst {
+                stream: 9,
+                code: ResetCode::Cancelled,
+            },
+            Frame::OpenOk { stream: 9 },
+        ]);
+        a.handle_record(r, now).unwrap();
+        assert_eq!(a.poll_event(), None);
+        assert!(a.is_idle());
+    }
+
+    #[test]
+    fn ping_pong_measures_rtt() {
+        let c = MuxConfig {
+            ping_interval: SEC,
+            ..cfg()
+        };
+        let t0 = Instant::now();
+        let mut d = Mux::new(Role::Dialer, c.clone(), t0);
+        let mut a = Mux::new(Role::Acceptor, c, t0);
+        assert_eq!(d.poll_timeout(), Some(t0 + SEC));
+        d.handle_timeout(t0 + SEC / 2).unwrap();
+        assert!(!d.has_pending_transmit());
+        d.handle_timeout(t0 + SEC).unwrap();
+        assert!(d.has_pending_transmit());
+        assert_eq!(d.poll_timeout(), Some(t0 + 2 * SEC));
+        transfer(&mut d, &mut a, t0 + SEC);
+        assert!(a.has_pending_transmit(), "PONG queued at once");
+        let rtt = Duration::from_millis(40);
+        transfer(&mut a, &mut d, t0 + SEC + rtt);
+        assert_eq!(events(&mut d), vec![Event::Rtt(rtt)]);
+        assert!(events(&mut a).is_empty());
+        // The PONG moved the dead deadline: no death at t0 + 3s.
+        d.handle_timeout(t0 + 3 * SEC).unwrap();
+    }
+
+    #[test]
+    fn dead_after_intervals_without_pong() {
+        let c = MuxConfig {
+            ping_interval: SEC,
+            ..cfg()
+        };
+        let t0 = Instant::now();
+        let mut d = Mux::new(Role::Dialer, c.clone(), t0);
+        d.handle_timeout(t0 + SEC).unwrap();
+        d.handle_timeout(t0 + 2 * SEC).unwrap();
+        assert_eq!(d.poll_timeout(), Some(t0 + 3 * SEC));
+        assert_eq!(
+            d.handle_timeout(t0 + 3 * SEC),
+            Err(MuxError::Dead { missed: 3 })
+        );
+
+        // Any PONG restarts the count, even one for an older PING.
+        let mut d = Mux::new(Role::Dialer, c, t0);
+        d.handle_timeout(t0 + SEC).unwrap();
+        let pong = record(&[Frame::Pong { nonce: 12345 }]);
+        d.handle_record(pong, t0 + 2 * SEC).unwrap();
+        assert!(events(&mut d).is_empty(), "no RTT for a foreign nonce");
+        d.handle_timeout(t0 + 3 * SEC).unwrap();
+        d.handle_timeout(t0 + 4 * SEC).unwrap();
+        assert_eq!(
+            d.handle_timeout(t0 + 5 * SEC),
+            Err(MuxError::Dead { missed: 3 })
+        );
+    }
+
+    #[test]
+    fn ping_nonces_count_up() {
+        let c = MuxConfig {
+            ping_interval: SEC,
+            ..cfg()
+        };
+        let t0 = Instant::now();
+        let mut d = Mux::new(Role::Dialer, c, t0);
+        for i in 0..2u64 {
+            d.handle_timeout(t0 + (i as u32 + 1) * SEC).unwrap();
+            let mut out = Vec::new();
+            assert!(d.poll_transmit(&mut out));
+            assert_eq!(frame::decode(&out).unwrap().0, Frame::Ping { nonce: i });
+        }
+    }
+
+    #[test]
+    fn go_away_both_sides() {
+        let mut p = Pair::new(cfg());
+        let s = p.d.open("svc").unwrap();
+        p.pump();
+        p.a.accept(s);
+        p.a.go_away(7);
+        p.pump();
+        assert_eq!(
+            events(&mut p.d),
+            vec![Event::OpenOk { stream: s }, Event::GoAway { reason: 7 }]
+        );
+        assert_eq!(p.d.open("svc"), Err(MuxError::GoingAway));
+        // Existing streams continue.
+        p.d.send(s, Bytes::from_static(b"still")).unwrap();
+        p.pump();
+        assert_eq!(
+            events(&mut p.a),
+            vec![
+                Event::Opened {
+                    stream: s,
+                    service: "svc".into()
+                },
+                data(s, b"still")
+            ]
+        );
+
+        let mut q = Pair::new(cfg());
+        q.d.go_away(1);
+        assert_eq!(q.d.open("svc"), Err(MuxError::GoingAway));
+        q.pump();
+        assert_eq!(events(&mut q.a), vec![Event::GoAway { reason: 1 }]);
+    }
+
+    #[test]
+    fn hundred_small_streams_share_one_record() {
+        let c = MuxConfig {
+            max_streams: 200,
+            ..cfg()
+        };
+        let now = Instant::now();
+        let mut d = Mux::new(Role::Dialer, c.clone(), now);
+        let mut a = Mux::new(Role::Acceptor, c, now);
+        for i in 0..100u8 {
+            let s = d.open("svc").unwrap();
+            d.send(s, Bytes::from(vec![i; 10])).unwrap();
+        }
+        let mut out = Vec::new();
+        assert!(d.poll_transmit(&mut out));
+        assert_eq!(out.len(), 100 * (HEADER_LEN + 3) + 100 * (HEADER_LEN + 10));
+        assert!(!d.has_pending_transmit());
+        let mut more = Vec::new();
+        assert!(!d.poll_transmit(&mut more));
+        a.handle_record(Bytes::from(out), now).unwrap();
+        let ev = events(&mut a);
+        assert_eq!(ev.len(), 200);
+        for s in 1..=100u64 {
+            assert!(ev.contains(&Event::Data {
+                stream: s,
+                data: Bytes::from(vec![(s - 1) as u8; 10])
+            }));
+        }
+    }
+
+    #[test]
+    fn poll_transmit_appends() {
+        let now = Instant::now();
+        let mut d = Mux::new(Role::Dialer, cfg(), now);
+        d.open("svc").unwrap();
+        let mut out = vec![0xAA, 0xBB];
+        assert!(d.poll_transmit(&mut out));
+        assert_eq!(&out[..2], &[0xAA, 0xBB]);
+        assert_eq!(
+            frame::decode(&out[2..]).unwrap().0,
+            Frame::Open {
+                stream: 1,
+                service: "svc"
+            }
+        );
+    }
+
+    #[test]
+    fn records_never_exceed_max_record() {
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let sizes = [MIN_RECORD, 100, 1000, 4096, 65535 - 16];
+        assert!(!sizes.is_empty());
+        for &max_record in &sizes {
+            let c = MuxConfig {
+                window: 8192,
+                max_record,
+                ..cfg()
+            };
+            let mut p = Pair::new(c);
+            let streams: Vec<StreamId> = (0..5).map(|_| p.d.open("svc").unwrap()).collect();
+            let mut expected: HashMap<StreamId, Vec<u8>> = HashMap::new();
+            let mut got: HashMap<StreamId, Vec<u8>> = HashMap::new();
+            for round in 0..300 {
+                let s = streams[rng.below(streams.len() as u64) as usize];
+                let credit = p.d.send_credit(s) as usize;
+                let n = (rng.below(3000) as usize).min(credit);
+                let chunk = pattern(n, round as u8);
+                p.d.send(s, chunk.clone()).unwrap();
+                expected.entry(s).or_default().extend_from_slice(&chunk);
+                // `Pair::pump` asserts the size of every record.
+                p.pump();
+                for e in events(&mut p.a) {
+                    match e {
+                        Event::Opened { stream, .. } => p.a.accept(stream),
+                        Event::Data { stream, data } => {
+                            got.entry(stream).or_default().extend_from_slice(&data);
+                            p.a.consumed(stream, data.len());
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
+                p.pump();
+                events(&mut p.d);
+            }
+            for s in &streams {
+                assert_eq!(got.get(s), expected.get(s), "stream {s} at {max_record}");
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_records_never_panic() {
+        let mut rng = XorShift(0xDEAD_BEEF_CAFE_F00D);
+        let now = Instant::now();
+        let mut errors = 0;
+        for i in 0..10_000 {
+            let role = if i % 2 == 0 {
+                Role::Dialer
+            } else {
+                Role::Acceptor
+            };
+            let mut m = Mux::new(role, cfg(), now);
+            if role == Role::Dialer {
+                m.open("svc").unwrap();
+            }
+            let mut buf = Vec::new();
+            if i % 3 == 0 {
+                // Plausible headers, so the checks past the type byte are reached too.
+                for _ in 0..rng.below(5) {
+                    buf.push(rng.below(12) as u8);
+                    buf.extend_from_slice(&rng.below(3).to_be_bytes());
+                    let len = rng.below(12) as u16;
+                    buf.extend_from_slice(&len.to_be_bytes());
+                    for _ in 0..len {
+                        buf.push(if rng.below(2) == 0 {
+                            b'a'
+                        } else {
+                            rng.next() as u8
+                        });
+                    }
+                }
+                if rng.below(4) == 0 {
+                    buf.truncate(rng.below(buf.len() as u64 + 1) as usize);
+                }
+            } else {
+                for _ in 0..rng.below(200) {
+                    buf.push(rng.next() as u8);
+                }
+            }
+            if m.handle_record(Bytes::from(buf), now).is_err() {
+                errors += 1;
+            }
+            while m.poll_event().is_some() {}
+            let mut out = Vec::new();
+            while m.poll_transmit(&mut out) {
+                assert!(out.len() <= m.cfg.max_record);
+                out.clear();
+            }
+        }
+        assert!(errors > 5_000, "garbage was accepted: only {errors} errors");
+    }
+}
