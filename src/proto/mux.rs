@@ -1,1 +1,1616 @@
-//! The stream multiplexer of one link, sans I/O (API skeleton; implementation pending).
+//! The stream multiplexer of one link, sans I/O: stream ids, per-stream credit windows,
+//! half-close and reset states, and the ping/RTT/dead-peer timers.
+//!
+//! The driver feeds decrypted records to [`Mux::handle_record`], drains [`Mux::poll_event`],
+//! fills records with [`Mux::poll_transmit`] (which may also emit `Closed` events, so poll
+//! events after it), and sleeps until [`Mux::poll_timeout`]. Nothing here reads a clock.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+
+use super::frame::{
+    self, encode_data_header, Frame, FrameError, OpenError, ResetCode, StreamId, HEADER_LEN,
+    MAX_SERVICE_LEN,
+};
+
+/// Smallest `max_record` the mux works with: the largest control frame (an OPEN with a
+/// 63-byte service name) must fit an empty record, or it would never be sent.
+pub const MIN_RECORD: usize = HEADER_LEN + MAX_SERVICE_LEN;
+
+/// Credit may never exceed this; more is a peer bug (and would overflow a `u32` WINDOW).
+const MAX_CREDIT: u64 = 1 << 31;
+
+/// Multiplexer limits and timers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MuxConfig {
+    /// Initial credit of each stream in each direction, and the receive window we restore.
+    pub window: u32,
+    /// Streams a link carries at once; further OPENs are refused with `TooManyStreams`.
+    pub max_streams: usize,
+    /// Maximum plaintext bytes per record (65535 - 16 = 65519 in production).
+    pub max_record: usize,
+    /// A PING goes out this often. Zero disables keepalive and dead-peer detection.
+    pub ping_interval: Duration,
+    /// Ping intervals without any PONG before the peer is declared dead.
+    pub dead_after: u32,
+}
+
+impl Default for MuxConfig {
+    fn default() -> Self {
+        MuxConfig {
+            window: 256 * 1024,
+            max_streams: 1024,
+            max_record: 65535 - 16,
+            ping_interval: Duration::from_secs(15),
+            dead_after: 3,
+        }
+    }
+}
+
+/// Which end of the link we are. Only the dialer opens streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Opens streams.
+    Dialer,
+    /// Accepts or refuses streams.
+    Acceptor,
+}
+
+/// What the multiplexer tells its driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The peer (dialer) asks for a service; call [`Mux::accept`] or [`Mux::refuse`].
+    Opened {
+        /// The new stream.
+        stream: StreamId,
+        /// The requested service.
+        service: String,
+    },
+    /// Our OPEN was accepted.
+    OpenOk {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// Our OPEN was refused; the stream is gone.
+    OpenErr {
+        /// The stream.
+        stream: StreamId,
+        /// Why.
+        code: OpenError,
+    },
+    /// Stream bytes: a zero-copy slice of the record given to `handle_record`. Report them
+    /// with [`Mux::consumed`] once delivered, or the peer runs out of credit.
+    Data {
+        /// The stream.
+        stream: StreamId,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// The peer half-closed the stream.
+    Fin {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// The peer reset the stream; it is gone.
+    Reset {
+        /// The stream.
+        stream: StreamId,
+        /// Why.
+        code: ResetCode,
+    },
+    /// The peer granted send credit; a writer blocked on it may go on.
+    Credit {
+        /// The stream.
+        stream: StreamId,
+        /// Credit added.
+        bytes: u32,
+    },
+    /// A PONG answered our latest PING after this long.
+    Rtt(Duration),
+    /// The peer accepts no new streams.
+    GoAway {
+        /// The peer's reason code.
+        reason: u8,
+    },
+    /// Both directions finished (FIN sent and received); the stream is forgotten.
+    Closed {
+        /// The stream.
+        stream: StreamId,
+    },
+}
+
+/// Multiplexer errors: fatal for the link, except the caller errors noted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MuxError {
+    /// A frame did not decode (also returned by `open` for an invalid service name).
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameError),
+    /// A record ended inside a frame; frames never span records.
+    #[error("record ends inside a frame")]
+    TruncatedFrame,
+    /// An OPEN reached the dialer (also returned by `open` called on an acceptor).
+    #[error("OPEN received by the dialer")]
+    UnexpectedOpen,
+    /// An OPEN for a stream that is still open.
+    #[error("OPEN for stream {0}, which is already open")]
+    DuplicateStream(StreamId),
+    /// An OPEN whose stream id is not above every id seen before.
+    #[error("OPEN for stream {0}, not above the highest stream id seen")]
+    StreamIdNotIncreasing(StreamId),
+    /// The peer sent more DATA than its credit.
+    #[error("stream {stream}: peer sent beyond its credit of {window} bytes")]
+    CreditExceeded {
+        /// The stream.
+        stream: StreamId,
+        /// Credit the peer had left before the offending frame.
+        window: u64,
+    },
+    /// A WINDOW would raise the credit above 2^31.
+    #[error("stream {stream}: WINDOW raises credit above 2^31")]
+    WindowOverflow {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// DATA after the peer's FIN.
+    #[error("stream {stream}: DATA after FIN")]
+    DataAfterFin {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// No PONG for `missed` ping intervals.
+    #[error("peer dead: no PONG for {missed} ping intervals")]
+    Dead {
+        /// Intervals without a PONG.
+        missed: u32,
+    },
+    /// Caller error, not fatal: `max_streams` streams are open.
+    #[error("too many streams")]
+    TooManyStreams,
+    /// Caller error, not fatal: GOAWAY was sent or received, no new streams.
+    #[error("link is going away")]
+    GoingAway,
+    /// Caller error, not fatal: the stream is not open (unknown, gone, or not yet accepted).
+    #[error("stream {0} is not open")]
+    NotOpen(StreamId),
+    /// Caller error, not fatal: more data than the stream's send credit; nothing was queued.
+    #[error("stream {stream}: {wanted} bytes exceed the send credit of {credit}")]
+    OverCredit {
+        /// The stream.
+        stream: StreamId,
+        /// Bytes offered.
+        wanted: usize,
+        /// Credit left.
+        credit: u64,
+    },
+    /// Caller error, not fatal: `send` after `finish`.
+    #[error("stream {0}: send after finish")]
+    SendAfterFin(StreamId),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Dialer: OPEN queued or sent, no answer yet (zero-RTT data may flow).
+    Opening,
+    /// Acceptor: OPEN received, waiting for `accept` or `refuse`.
+    AwaitingAccept,
+    /// Accepted.
+    Open,
+}
+
+#[derive(Debug)]
+struct Stream {
+    phase: Phase,
+    /// Bytes we may still send.
+    send_credit: u64,
+    /// Accepted by `send`, credit already taken, not yet written.
+    send_queue: VecDeque<Bytes>,
+    /// Bytes in `send_queue`.
+    queued: usize,
+    /// `finish` was called.
+    fin_queued: bool,
+    /// Our FIN was written by `poll_transmit`.
+    fin_sent: bool,
+    /// The stream's id is in `Mux::ready`.
+    in_ready: bool,
+    /// Total credit granted to the peer (initial window plus every WINDOW queued).
+    recv_granted: u64,
+    /// Total bytes the peer sent.
+    recv_received: u64,
+    /// Total bytes the local side reported consumed.
+    recv_consumed: u64,
+    fin_received: bool,
+}
+
+impl Stream {
+    fn new(phase: Phase, window: u32) -> Self {
+        Stream {
+            phase,
+            send_credit: u64::from(window),
+            send_queue: VecDeque::new(),
+            queued: 0,
+            fin_queued: false,
+            fin_sent: false,
+            in_ready: false,
+            recv_granted: u64::from(window),
+            recv_received: 0,
+            recv_consumed: 0,
+            fin_received: false,
+        }
+    }
+
+    fn wants_transmit(&self) -> bool {
+        !self.send_queue.is_empty() || (self.fin_queued && !self.fin_sent)
+    }
+}
+
+/// Control frames, sent before any DATA in FIFO order. OPEN is here too so that it always
+/// precedes the stream's zero-RTT DATA.
+#[derive(Debug)]
+enum Control {
+    Open { stream: StreamId, service: String },
+    OpenOk { stream: StreamId },
+    OpenErr { stream: StreamId, code: OpenError },
+    Window { stream: StreamId, credit: u32 },
+    Rst { stream: StreamId, code: ResetCode },
+    GoAway { reason: u8 },
+}
+
+impl Control {
+    fn frame(&self) -> Frame<'_> {
+        match *self {
+            Control::Open {
+                stream,
+                ref service,
+            } => Frame::Open { stream, service },
+            Control::OpenOk { stream } => Frame::OpenOk { stream },
+            Control::OpenErr { stream, code } => Frame::OpenErr { stream, code },
+            Control::Window { stream, credit } => Frame::Window { stream, credit },
+            Control::Rst { stream, code } => Frame::Rst { stream, code },
+            Control::GoAway { reason } => Frame::GoAway { reason },
+        }
+    }
+}
+
+/// The multiplexer of one link.
+#[derive(Debug)]
+pub struct Mux {
+    role: Role,
+    cfg: MuxConfig,
+    streams: HashMap<StreamId, Stream>,
+    /// Dialer: the next id `open` hands out.
+    next_id: StreamId,
+    /// Acceptor: the highest id an OPEN carried.
+    highest_seen: StreamId,
+    events: VecDeque<Event>,
+    control: VecDeque<Control>,
+    /// Streams with queued DATA or FIN, served round-robin.
+    ready: VecDeque<StreamId>,
+    /// Nonce of a PONG to send; only the latest PING is answered, so a PING flood cannot
+    /// grow a queue.
+    pong_due: Option<u64>,
+    /// Nonce of a PING to send.
+    ping_due: Option<u64>,
+    /// Our latest PING and when it was queued, until its PONG arrives.
+    ping_in_flight: Option<(u64, Instant)>,
+    ping_counter: u64,
+    next_ping: Instant,
+    last_pong: Instant,
+    go_away_sent: bool,
+    go_away_received: bool,
+}
+
+impl Mux {
+    /// A multiplexer for a fresh link. Panics if `cfg.max_record < MIN_RECORD`.
+    pub fn new(role: Role, cfg: MuxConfig, now: Instant) -> Self {
+        assert!(
+            cfg.max_record >= MIN_RECORD,
+            "max_record {} below {MIN_RECORD}",
+            cfg.max_record
+        );
+        let next_ping = now.checked_add(cfg.ping_interval).unwrap_or(now);
+        Mux {
+            role,
+            cfg,
+            streams: HashMap::new(),
+            next_id: 1,
+            highest_seen: 0,
+            events: VecDeque::new(),
+            control: VecDeque::new(),
+            ready: VecDeque::new(),
+            pong_due: None,
+            ping_due: None,
+            ping_in_flight: None,
+            ping_counter: 0,
+            next_ping,
+            last_pong: now,
+            go_away_sent: false,
+            go_away_received: false,
+        }
+    }
+
+    /// Opens a stream to `service` (dialer only) and queues its OPEN. Data may be sent on it
+    /// at once (zero-RTT).
+    pub fn open(&mut self, service: &str) -> Result<StreamId, MuxError> {
+        if self.role != Role::Dialer {
+            return Err(MuxError::UnexpectedOpen);
+        }
+        if self.go_away_sent || self.go_away_received {
+            return Err(MuxError::GoingAway);
+        }
+        if self.streams.len() >= self.cfg.max_streams {
+            return Err(MuxError::TooManyStreams);
+        }
+        if !frame::valid_service_name(service) {
+            return Err(MuxError::Frame(FrameError::Malformed {
+                kind: "OPEN",
+                why: "service name not 1..=63 bytes of [a-z0-9_-]",
+            }));
+        }
+        let stream = self.next_id;
+        self.next_id += 1;
+        self.streams
+            .insert(stream, Stream::new(Phase::Opening, self.cfg.window));
+        self.control.push_back(Control::Open {
+            stream,
+            service: service.to_owned(),
+        });
+        Ok(stream)
+    }
+
+    /// Accepts a stream announced by `Event::Opened`; queues OPEN_OK. Ignored if the stream
+    /// is gone (the peer may have reset it meanwhile).
+    pub fn accept(&mut self, stream: StreamId) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            if s.phase == Phase::AwaitingAccept {
+                s.phase = Phase::Open;
+                self.control.push_back(Control::OpenOk { stream });
+            }
+        }
+    }
+
+    /// Refuses a stream announced by `Event::Opened`; queues OPEN_ERR and forgets it, so its
+    /// in-flight DATA and FIN are ignored.
+    pub fn refuse(&mut self, stream: StreamId, code: OpenError) {
+        if self
+            .streams
+            .get(&stream)
+            .is_some_and(|s| s.phase == Phase::AwaitingAccept)
+        {
+            self.remove_stream(stream);
+            self.control.push_back(Control::OpenErr { stream, code });
+        }
+    }
+
+    /// Bytes we may still send on `stream` (0 if it is not open).
+    pub fn send_credit(&self, stream: StreamId) -> u64 {
+        self.streams.get(&stream).map_or(0, |s| s.send_credit)
+    }
+
+    /// Queues `data` on `stream`. Nothing is queued on error.
+    pub fn send(&mut self, stream: StreamId, data: Bytes) -> Result<(), MuxError> {
+        let s = match self.streams.get_mut(&stream) {
+            Some(s) if s.phase != Phase::AwaitingAccept => s,
+            _ => return Err(MuxError::NotOpen(stream)),
+        };
+        if s.fin_queued {
+            return Err(MuxError::SendAfterFin(stream));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        if data.len() as u64 > s.send_credit {
+            return Err(MuxError::OverCredit {
+                stream,
+                wanted: data.len(),
+                credit: s.send_credit,
+            });
+        }
+        s.send_credit -= data.len() as u64;
+        s.queued += data.len();
+        s.send_queue.push_back(data);
+        if !s.in_ready {
+            s.in_ready = true;
+            self.ready.push_back(stream);
+        }
+        Ok(())
+    }
+
+    /// Half-closes `stream`: queues FIN after any queued data. Ignored if the stream is not
+    /// open or already finished.
+    pub fn finish(&mut self, stream: StreamId) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        if s.phase == Phase::AwaitingAccept || s.fin_queued {
+            return;
+        }
+        s.fin_queued = true;
+        if !s.in_ready {
+            s.in_ready = true;
+            self.ready.push_back(stream);
+        }
+    }
+
+    /// Aborts `stream`: drops its queued data, queues RST, forgets it.
+    pub fn reset(&mut self, stream: StreamId, code: ResetCode) {
+        if self.remove_stream(stream) {
+            self.control.push_back(Control::Rst { stream, code });
+        }
+    }
+
+    /// The local side delivered `n` more received bytes of `stream`; grants the peer new
+    /// credit once at least half a window is owed (fewer, larger WINDOW frames).
+    pub fn consumed(&mut self, stream: StreamId, n: usize) {
+        let window = u64::from(self.cfg.window);
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        s.recv_consumed = (s.recv_consumed + n as u64).min(s.recv_received);
+        if s.fin_received {
+            return; // the peer sends no more, credit would be wasted
+        }
+        // Restore the peer's credit to a full window beyond what was consumed. Never more
+        // than `window`, since consumed <= received <= granted.
+        let owed = s.recv_consumed + window - s.recv_granted;
+        if owed > 0 && owed >= window / 2 {
+            s.recv_granted += owed;
+            self.control.push_back(Control::Window {
+                stream,
+                credit: owed as u32,
+            });
+        }
+    }
+
+    /// Queues GOAWAY; `open` fails from now on and incoming OPENs are refused.
+    pub fn go_away(&mut self, reason: u8) {
+        if !self.go_away_sent {
+            self.go_away_sent = true;
+            self.control.push_back(Control::GoAway { reason });
+        }
+    }
+
+    /// Handles one decrypted record. Every frame is decoded before any is acted on; any
+    /// error is fatal for the link.
+    pub fn handle_record(&mut self, record: Bytes, now: Instant) -> Result<(), MuxError> {
+        let mut pos = 0;
+        while pos < record.len() {
+            match frame::decode(&record[pos..]) {
+                Ok((_, n)) => pos += n,
+                Err(FrameError::Incomplete) => return Err(MuxError::TruncatedFrame),
+                Err(e) => return Err(MuxError::Frame(e)),
+            }
+        }
+        let events_before = self.events.len();
+        let mut pos = 0;
+        while pos < record.len() {
+            let (f, n) = frame::decode(&record[pos..])?;
+            pos += n;
+            if let Err(e) = self.handle_frame(f, &record, now) {
+                // The link dies: the driver must not act on half a record.
+                self.events.truncate(events_before);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_frame(&mut self, f: Frame<'_>, record: &Bytes, now: Instant) -> Result<(), MuxError> {
+        match f {
+            Frame::Open { stream, service } => {
+                if self.role == Role::Dialer {
+                    return Err(MuxError::UnexpectedOpen);
+                }
+                if self.streams.contains_key(&stream) {
+                    return Err(MuxError::DuplicateStream(stream));
+                }
+                if stream <= self.highest_seen {
+                    return Err(MuxError::StreamIdNotIncreasing(stream));
+                }
+                self.highest_seen = stream;
+                let refusal = if self.go_away_sent {
+                    Some(OpenError::ShuttingDown)
+                } else if self.streams.len() >= self.cfg.max_streams {
+                    Some(OpenError::TooManyStreams)
+                } else {
+                    None
+                };
+                if let Some(code) = refusal {
+                    // Its zero-RTT DATA and FIN are ignored as frames of a forgotten stream.
+                    self.control.push_back(Control::OpenErr { stream, code });
+                } else {
+                    self.streams
+                        .insert(stream, Stream::new(Phase::AwaitingAccept, self.cfg.window));
+                    self.events.push_back(Event::Opened {
+                        stream,
+                        service: service.to_owned(),
+                    });
+                }
+            }
+            Frame::OpenOk { stream } => {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    if s.phase == Phase::Opening {
+                        s.phase = Phase::Open;
+                        self.events.push_back(Event::OpenOk { stream });
+                    }
+                }
+            }
+            Frame::OpenErr { stream, code } => {
+                if self
+                    .streams
+                    .get(&stream)
+                    .is_some_and(|s| s.phase == Phase::Opening)
+                {
+                    self.remove_stream(stream);
+                    self.events.push_back(Event::OpenErr { stream, code });
+                }
+            }
+            Frame::Data { stream, data } => {
+                // Unknown ids are streams we forgot (reset, refused): the frame raced with that.
+                let Some(s) = self.streams.get_mut(&stream) else {
+                    return Ok(());
+                };
+                if s.fin_received {
+                    return Err(MuxError::DataAfterFin { stream });
+                }
+                let left = s.recv_granted - s.recv_received;
+                if data.len() as u64 > left {
+                    return Err(MuxError::CreditExceeded {
+                        stream,
+                        window: left,
+                    });
+                }
+                s.recv_received += data.len() as u64;
+                self.events.push_back(Event::Data {
+                    stream,
+                    data: record.slice_ref(data),
+                });
+            }
+            Frame::Window { stream, credit } => {
+                let Some(s) = self.streams.get_mut(&stream) else {
+                    return Ok(());
+                };
+                let total = s.send_credit + u64::from(credit);
+                if total > MAX_CREDIT {
+                    return Err(MuxError::WindowOverflow { stream });
+                }
+                s.send_credit = total;
+                self.events.push_back(Event::Credit {
+                    stream,
+                    bytes: credit,
+                });
+            }
+            Frame::Fin { stream } => {
+                let Some(s) = self.streams.get_mut(&stream) else {
+                    return Ok(());
+                };
+                if s.fin_received {
+                    return Ok(());
+                }
+                s.fin_received = true;
+                let closed = s.fin_sent;
+                self.events.push_back(Event::Fin { stream });
+                if closed {
+                    self.remove_stream(stream);
+                    self.events.push_back(Event::Closed { stream });
+                }
+            }
+            Frame::Rst { stream, code } => {
+                if self.remove_stream(stream) {
+                    self.events.push_back(Event::Reset { stream, code });
+                }
+            }
+            Frame::Ping { nonce } => self.pong_due = Some(nonce),
+            Frame::Pong { nonce } => {
+                self.last_pong = now;
+                if let Some((sent_nonce, sent_at)) = self.ping_in_flight {
+                    if sent_nonce == nonce {
+                        self.ping_in_flight = None;
+                        self.events
+                            .push_back(Event::Rtt(now.saturating_duration_since(sent_at)));
+                    }
+                }
+            }
+            Frame::GoAway { reason } => {
+                self.go_away_received = true;
+                self.events.push_back(Event::GoAway { reason });
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets a stream and its queued data; false if it was not known.
+    fn remove_stream(&mut self, stream: StreamId) -> bool {
+        match self.streams.remove(&stream) {
+            Some(s) => {
+                if s.in_ready {
+                    self.ready.retain(|&id| id != stream);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Appends the frames of one record, at most `cfg.max_record` bytes, to `out`: control
+    /// frames first, then DATA round-robin across streams. False if nothing was queued.
+    pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        let limit = start + self.cfg.max_record;
+
+        if let Some(nonce) = self.pong_due.take() {
+            Frame::Pong { nonce }.encode(out);
+        }
+        if let Some(nonce) = self.ping_due.take() {
+            Frame::Ping { nonce }.encode(out);
+        }
+        while let Some(c) = self.control.front() {
+            let f = c.frame();
+            if out.len() + f.encoded_len() > limit {
+                break;
+            }
+            f.encode(out);
+            self.control.pop_front();
+        }
+        // DATA waits until every control frame is out: an OPEN or OPEN_OK must precede its
+        // stream's DATA on the wire.
+        if self.control.is_empty() {
+            self.transmit_data(out, limit);
+        }
+        debug_assert!(out.len() - start <= self.cfg.max_record);
+        out.len() > start
+    }
+
+    fn transmit_data(&mut self, out: &mut Vec<u8>, limit: usize) {
+        while limit - out.len() >= HEADER_LEN {
+            let Some(id) = self.ready.pop_front() else {
+                break;
+            };
+            let s = self
+                .streams
+                .get_mut(&id)
+                .expect("ready lists only live streams");
+            let room = limit - out.len() - HEADER_LEN;
+            if s.queued > 0 {
+                let take = s.queued.min(room).min(usize::from(u16::MAX));
+                if take == 0 {
+                    self.ready.push_front(id);
+                    break;
+                }
+                encode_data_header(out, id, take as u16);
+                s.queued -= take;
+                let mut left = take;
+                while left > 0 {
+                    let front = s.send_queue.front_mut().expect("queued covers take");
+                    let n = front.len().min(left);
+                    out.extend_from_slice(&front[..n]);
+                    front.advance(n);
+                    if front.is_empty() {
+                        s.send_queue.pop_front();
+                    }
+                    left -= n;
+                }
+            }
+            if s.send_queue.is_empty() && s.fin_queued && !s.fin_sent {
+                if limit - out.len() < HEADER_LEN {
+                    self.ready.push_front(id);
+                    break;
+                }
+                Frame::Fin { stream: id }.encode(out);
+                s.fin_sent = true;
+            }
+            if s.wants_transmit() {
+                self.ready.push_back(id);
+            } else {
+                s.in_ready = false;
+                if s.fin_sent && s.fin_received {
+                    self.streams.remove(&id);
+                    self.events.push_back(Event::Closed { stream: id });
+                }
+            }
+        }
+    }
+
+    /// Whether `poll_transmit` has anything to write.
+    pub fn has_pending_transmit(&self) -> bool {
+        self.pong_due.is_some()
+            || self.ping_due.is_some()
+            || !self.control.is_empty()
+            || !self.ready.is_empty()
+    }
+
+    /// When `handle_timeout` should next be called: the next PING or the dead-peer deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.cfg.ping_interval.is_zero() {
+            return None;
+        }
+        Some(match self.dead_deadline() {
+            Some(dead) => dead.min(self.next_ping),
+            None => self.next_ping,
+        })
+    }
+
+    fn dead_deadline(&self) -> Option<Instant> {
+        let span = self
+            .cfg
+            .ping_interval
+            .checked_mul(self.cfg.dead_after.max(1))?;
+        self.last_pong.checked_add(span)
+    }
+
+    /// Fires due timers: queues a PING when one is due (nonce = a counter); `Dead` once
+    /// `dead_after` intervals passed without any PONG.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), MuxError> {
+        let interval = self.cfg.ping_interval;
+        if interval.is_zero() {
+            return Ok(());
+        }
+        if self.dead_deadline().is_some_and(|d| now >= d) {
+            return Err(MuxError::Dead {
+                missed: self.cfg.dead_after.max(1),
+            });
+        }
+        if now >= self.next_ping {
+            let nonce = self.ping_counter;
+            self.ping_counter += 1;
+            self.ping_due = Some(nonce);
+            self.ping_in_flight = Some((nonce, now));
+            // Keep the cadence, but after a long stall start afresh rather than catch up.
+            self.next_ping = match self.next_ping.checked_add(interval) {
+                Some(t) if t > now => t,
+                _ => now.checked_add(interval).unwrap_or(now),
+            };
+        }
+        Ok(())
+    }
+
+    /// Streams known to the multiplexer (opening, awaiting accept, open, half-closed).
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// No streams and nothing queued to send.
+    pub fn is_idle(&self) -> bool {
+        self.streams.is_empty() && !self.has_pending_transmit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn cfg() -> MuxConfig {
+        MuxConfig {
+            window: 64 * 1024,
+            max_streams: 16,
+            max_record: 65535 - 16,
+            ping_interval: 10 * SEC,
+            dead_after: 3,
+        }
+    }
+
+    struct Pair {
+        d: Mux,
+        a: Mux,
+        now: Instant,
+    }
+
+    impl Pair {
+        fn new(cfg: MuxConfig) -> Self {
+            Self::with(cfg.clone(), cfg)
+        }
+
+        fn with(dialer: MuxConfig, acceptor: MuxConfig) -> Self {
+            let now = Instant::now();
+            Pair {
+                d: Mux::new(Role::Dialer, dialer, now),
+                a: Mux::new(Role::Acceptor, acceptor, now),
+                now,
+            }
+        }
+
+        /// Moves records both ways until neither side has anything to send.
+        fn pump(&mut self) -> usize {
+            let mut records = 0;
+            loop {
+                let n = transfer(&mut self.d, &mut self.a, self.now)
+                    + transfer(&mut self.a, &mut self.d, self.now);
+                if n == 0 {
+                    return records;
+                }
+                records += n;
+            }
+        }
+    }
+
+    /// Moves every record `from` has queued into `to`, checking the record size bound.
+    fn transfer(from: &mut Mux, to: &mut Mux, now: Instant) -> usize {
+        let mut n = 0;
+        loop {
+            let mut out = Vec::new();
+            if !from.poll_transmit(&mut out) {
+                assert!(out.is_empty());
+                return n;
+            }
+            assert!(!out.is_empty());
+            assert!(out.len() <= from.cfg.max_record, "record of {}", out.len());
+            to.handle_record(Bytes::from(out), now).unwrap();
+            n += 1;
+        }
+    }
+
+    fn events(m: &mut Mux) -> Vec<Event> {
+        std::iter::from_fn(|| m.poll_event()).collect()
+    }
+
+    fn data(stream: StreamId, bytes: &'static [u8]) -> Event {
+        Event::Data {
+            stream,
+            data: Bytes::from_static(bytes),
+        }
+    }
+
+    fn record(frames: &[Frame<'_>]) -> Bytes {
+        let mut out = Vec::new();
+        for f in frames {
+            f.encode(&mut out);
+        }
+        Bytes::from(out)
+    }
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Bytes {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ (i >> 9) as u8 ^ seed)
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    #[test]
+    fn open_zero_rtt_data_then_accept() {
+        let mut p = Pair::new(cfg());
+        let s = p.d.open("echo").unwrap();
+        assert_eq!(s, 1);
+        p.d.send(s, Bytes::from_static(b"hello")).unwrap();
+        assert!(p.d.has_pending_transmit());
+        p.pump();
+        assert_eq!(
+            events(&mut p.a),
+            vec![
+                Event::Opened {
+                    stream: 1,
+                    service: "echo".into()
+                },
+                data(1, b"hello")
+            ]
+        );
+        // Not accepted yet: the acceptor may not send.
+        assert_eq!(
+            p.a.send(1, Bytes::from_static(b"x")),
+            Err(MuxError::NotOpen(1))
+        );
+        p.a.accept(1);
+        p.a.send(1, Bytes::from_static(b"world")).unwrap();
+        p.pump();
+        assert_eq!(
+            events(&mut p.d),
+            vec![Event::OpenOk { stream: 1 }, data(1, b"world")]
+        );
+        assert_eq!(p.d.open("echo").unwrap(), 2);
+        assert_eq!(p.d.stream_count(), 2);
+    }
+
+    #[test]
+    fn open_rejects_bad_names_and_acceptor() {
+        let mut p = Pair::new(cfg());
+        assert!(matches!(p.d.open("Bad Name"), Err(MuxError::Frame(_))));
+        assert!(matches!(p.d.open(""), Err(MuxError::Frame(_))));
+        assert_eq!(p.a.open("svc"), Err(MuxError::UnexpectedOpen));
+        assert!(p.d.is_idle());
+    }
+
+    #[test]
+    fn refuse_reaches_dialer_and_late_data_is_ignored() {
+        let mut p = Pair::new(cfg());
+        let s = p.d.open("db").unwrap();
+        p.d.send(s, Bytes::from_static(b"early")).unwrap();
+        p.pump();
+        assert_eq!(events(&mut p.a).len(), 2);
+        p.a.refuse(s, OpenError::NotAllowed);
+        // In flight while the refusal travels: the acceptor drops it silently.
+        p.d.send(s, Bytes::from_static(b"late")).unwrap();
+        p.d.finish(s);
+        p.pump();
+        assert_eq!(
+            events(&mut p.d),
+            vec![Event::OpenErr {
+                stream: s,
+                code: OpenError::NotAllowed
+            }]
+        );
+        assert!(events(&mut p.a).is_empty());
+        assert!(p.d.is_idle() && p.a.is_idle());
+        assert_eq!(
+            p.d.send(s, Bytes::from_static(b"x")),
+            Err(MuxError::NotOpen(s))
+        );
+    }
+
+    /// Moves `payload` over `stream` from one side to the other, consuming all it receives.
+    fn transfer_all(p: &mut Pair, dialer_sends: bool, stream: StreamId, payload: &Bytes) {
+        let mut sent = 0;
+        let mut got = Vec::with_capacity(payload.len());
+        let mut rounds = 0;
+        while got.len() < payload.len() {
+            rounds += 1;
+            assert!(rounds < 100_000, "no progress");
+            let tx = if dialer_sends { &mut p.d } else { &mut p.a };
+            let n = (tx.send_credit(stream) as usize)
+                .min(payload.len() - sent)
+                .min(20_000);
+            if n > 0 {
+                tx.send(stream, payload.slice(sent..sent + n)).unwrap();
+                sent += n;
+            }
+            p.pump();
+            let rx = if dialer_sends { &mut p.a } else { &mut p.d };
+            for e in events(rx) {
+                if let Event::Data { stream: s, data } = e {
+                    assert_eq!(s, stream);
+                    got.extend_from_slice(&data);
+                    rx.consumed(s, data.len());
+                }
+            }
+            // Returns the WINDOW frames; the sender's Credit events are not needed here.
+            p.pump();
+            let tx = if dialer_sends { &mut p.d } else { &mut p.a };
+            events(tx);
+        }
+        assert_eq!(got.len(), payload.len());
+        assert!(got == payload[..], "bytes differ");
+    }
+
+    #[test]
+    fn ten_mib_through_one_stream() {
+        let mut p = Pair::new(MuxConfig {
+            window: 256 * 1024,
+            ..cfg()
+        });
+        let s = p.d.open("bulk").unwrap();
+        p.pump();
+        p.a.accept(s);
+        p.pump();
+        events(&mut p.a);
+        events(&mut p.d);
+        let payload = pattern(10 << 20, 7);
+        transfer_all(&mut p, true, s, &payload);
+        let back = pattern(3 << 20, 9);
+        transfer_all(&mut p, false, s, &back);
+    }
+
+    #[test]
+    fn credit_blocks_sender_but_not_other_streams() {
+        let mut p = Pair::new(MuxConfig {
+            window: 4096,
+            ..cfg()
+        });
+        let slow = p.d.open("slow").unwrap();
+        let fast = p.d.open("fast").unwrap();
+        p.pump();
+        p.a.accept(slow);
+        p.a.accept(fast);
+        p.pump();
+        events(&mut p.a);
+        events(&mut p.d);
+
+        p.d.send(slow, pattern(4096, 1)).unwrap();
+        assert_eq!(p.d.send_credit(slow), 0);
+        assert_eq!(
+            p.d.send(slow, Bytes::from_static(b"x")),
+            Err(MuxError::OverCredit {
+                stream: slow,
+                wanted: 1,
+                credit: 0
+            })
+        );
+        p.pump();
+        let slow_events = events(&mut p.a);
+        let slow_bytes: usize = slow_events
+            .iter()
+            .map(|e| match e {
+                Event::Data { data, .. } => data.len(),
+                other => panic!("{other:?}"),
+            })
+            .sum();
+        assert_eq!(slow_bytes, 4096);
+        // The receiver never consumes `slow`; `fast` still moves many windows' worth.
+        transfer_all(&mut p, true, fast, &pattern(1 << 20, 2));
+        assert_eq!(p.d.send_credit(slow), 0);
+
+        // Half a window consumed: credit comes back and the driver is told.
+        p.a.consumed(slow, 1000);
+        p.pump();
+        assert!(
+            events(&mut p.d).is_empty(),
+            "below half a window: no WINDOW"
+        );
+        p.a.consumed(slow, 1048);
+        p.pump();
+        assert_eq!(
+            events(&mut p.d),
+            vec![Event::Credit {
+                stream: slow,
+                bytes: 2048
+            }]
+        );
+        assert_eq!(p.d.send_credit(slow), 2048);
+    }
+
+    #[test]
+    fn peer_sending_beyond_credit_is_fatal() {
+        let c = MuxConfig {
+            window: 1000,
+            ..cfg()
+        };
+        let now = Instant::now();
+        let mut a = Mux::new(Role::Acceptor, c.clone(), now);
+        let big = vec![1u8; 1001];
+        let r = record(&[
+            Frame::Open {
+                stream: 1,
+                service: "svc",
+            },
+            Frame::Data {
+                stream: 1,
+                data: &big,
+            },
+        ]);
+        assert_eq!(
+            a.handle_record(r, now),
+            Err(MuxError::CreditExceeded {
+                stream: 1,
+                window: 1000
+            })
+        );
+        // No event of a dying record escapes.
+        assert_eq!(a.poll_event(), None);
+
+        let mut a = Mux::new(Role::Acceptor, c, now);
+        let part = vec![1u8; 600];
+        let open = record(&[Frame::Open {
+            stream: 1,
+            service: "svc",
+        }]);
+        a.handle_record(open, now).unwrap();
+        let d = record(&[Frame::Data {
+            stream: 1,
+            data: &part,
+        }]);
+        a.handle_record(d.clone(), now).unwrap();
+        assert_eq!(
+            a.handle_record(d, now),
+            Err(MuxError::CreditExceeded {
+                stream: 1,
+                window: 400
+            })
+        );
+    }
+
+    #[test]
+    fn window_overflow_is_fatal() {
+        let now = Instant::now();
+        let mut d = Mux::new(Role::Dialer, cfg(), now);
+        let s = d.open("svc").unwrap();
+        let r = record(&[Frame::Window {
+            stream: s,
+            credit: u32::MAX,
+        }]);
+        assert_eq!(
+            d.handle_record(r, now),
+            Err(MuxError::WindowOverflow { stream: s })
+        );
+    }
+
+    #[test]
+    fn half_close_dialer_first_then_acceptor() {
+        let mut p = Pair::new(cfg());
+        let s = p.d.open("svc").unwrap();
+        p.d.send(s, Bytes::from_static(b"req")).unwrap();
+        p.d.finish(s);
+        assert_eq!(
+            p.d.send(s, Bytes::from_static(b"x")),
+            Err(MuxError::SendAfterFin(s))
+        );
+        p.pump();
+        assert_eq!(
+            events(&mut p.a),
+            vec![
+                Event::Opened {
+                    stream: s,
+                    service: "svc".into()
+                },
+                data(s, b"req"),
+                Event::Fin { stream: s }
+            ]
+        );
+        p.a.accept(s);
+        p.a.send(s, Bytes::from_static(b"resp")).unwrap();
+        p.a.finish(s);
+        p.pump();
+        assert_eq!(events(&mut p.a), vec![Event::Closed { stream: s }]);
+        assert_eq!(
+            events(&mut p.d),
+            vec![
+                Event::OpenOk { stream: s },
+                data(s, b"resp"),
+                Event::Fin { stream: s },
+                Event::Closed { stream: s }
+            ]
+        );
+        assert!(p.d.is_idle() && p.a.is_idle());
+    }
+
+    #[test]
+    fn half_close_acceptor_first_then_dialer() {
+        let mut p = Pair::new(cfg());
+        let s = p.d.open("svc").unwrap();
+        p.pump();
+        p.a.accept(s);
+        p.a.send(s, Bytes::from_static(b"banner")).unwrap();
+        p.a.finish(s);
+        p.pump();
+        events(&mut p.a);
+        assert_eq!(
+            events(&mut p.d),
+            vec![
+                Event::OpenOk { stream: s },
+                data(s, b"banner"),
+                Event::Fin { stream: s }
+            ]
+        );
+        // Still writable after the peer's FIN.
+        p.d.send(s, Bytes::from_static(b"more")).unwrap();
+        p.d.finish(s);
+        p.pump();
+        assert_eq!(events(&mut p.d), vec![Event::Closed { stream: s }]);
+        assert_eq!(
+            events(&mut p.a),
+            vec![
+                data(s, b"more"),
+                Event::Fin { stream: s },
+                Event::Closed { stream: s }
+            ]
+        );
+        assert!(p.d.is_idle() && p.a.is_idle());
+    }
+
+    #[test]
+    fn data_after_fin_is_fatal() {
+        let now = Instant::now();
+        let mut a = Mux::new(Role::Acceptor, cfg(), now);
+        let r = record(&[
+            Frame::Open {
+                stream: 1,
+                service: "svc",
+            },
+            Frame::Fin { stream: 1 },
+            Frame::Data {
+                stream: 1,
+                data: b"x",
+            },
+        ]);
+        assert_eq!(
+            a.handle_record(r, now),
+            Err(MuxError::DataAfterFin { stream: 1 })
+        );
+    }
+
+    #[test]
+    fn reset_drops_queued_data_both_ways() {
+        let mut p = Pair::new(cfg());
+        let s = p.d.open("svc").unwrap();
+        p.pump();
+        p.a.accept(s);
+        p.pump();
+        events(&mut p.a);
+        events(&mut p.d);
+        p.d.send(s, pattern(5000, 3)).unwrap();
+        p.d.reset(s, ResetCode::Cancelled);
+        assert_eq!(p.d.stream_count(), 0);
+        p.pump();
+        assert_eq!(
+            events(&mut p.a),
+            vec![Event::Reset {
+                stream: s,
+                code: ResetCode::Cancelled
+            }]
+        );
+        assert!(p.d.is_idle() && p.a.is_idle());
+
+        let s = p.d.open("svc").unwrap();
+        p.pump();
+        p.a.accept(s);
+        p.a.reset(s, ResetCode::TargetError);
+        p.pump();
+        assert_eq!(
+            events(&mut p.d),
+            vec![
+                Event::OpenOk { stream: s },
+                Event::Reset {
+                    stream: s,
+                    code: ResetCode::TargetError
+                }
+            ]
+        );
+        assert_eq!(
+            p.d.send(s, Bytes::from_static(b"x")),
+            Err(MuxError::NotOpen(s))
+        );
+        assert!(p.d.is_idle() && p.a.is_idle());
+    }
+
+    #[test]
+    fn max_streams_auto_refuse() {
+        let mut p = Pair::with(
+            cfg(),
+            MuxConfig {
+                max_streams: 2,
+                ..cfg()
+            },
+        );
+        for _ in 0..3 {
+            let s = p.d.open("svc").unwrap();
+            p.d.send(s, Bytes::from_static(b"hi")).unwrap();
+        }
+        p.pump();
+        let opened = events(&mut p.a)
+            .into_iter()
+            .filter(|e| matches!(e, Event::Opened { .. }))
+            .count();
+        assert_eq!(opened, 2);
+        assert_eq!(p.a.stream_count(), 2);
+        assert_eq!(
+            events(&mut p.d),
+            vec![Event::OpenErr {
+                stream: 3,
+                code: OpenError::TooManyStreams
+            }]
+        );
+        assert_eq!(p.d.stream_count(), 2);
+
+        let mut d = Mux::new(
+            Role::Dialer,
+            MuxConfig {
+                max_streams: 1,
+                ..cfg()
+            },
+            p.now,
+        );
+        d.open("svc").unwrap();
+        assert_eq!(d.open("svc"), Err(MuxError::TooManyStreams));
+    }
+
+    #[test]
+    fn stream_id_reuse_and_misplaced_open() {
+        let now = Instant::now();
+        let open = |stream| Frame::Open {
+            stream,
+            service: "svc",
+        };
+        let mut a = Mux::new(Role::Acceptor, cfg(), now);
+        assert_eq!(
+            a.handle_record(record(&[open(1), open(1)]), now),
+            Err(MuxError::DuplicateStream(1))
+        );
+        let mut a = Mux::new(Role::Acceptor, cfg(), now);
+        assert_eq!(
+            a.handle_record(record(&[open(5), open(3)]), now),
+            Err(MuxError::StreamIdNotIncreasing(3))
+        );
+        // A refused id is forgotten but still may not be reused.
+        let mut a = Mux::new(Role::Acceptor, cfg(), now);
+        a.handle_record(record(&[open(1)]), now).unwrap();
+        a.refuse(1, OpenError::UnknownService);
+        assert_eq!(
+            a.handle_record(record(&[open(1)]), now),
+            Err(MuxError::StreamIdNotIncreasing(1))
+        );
+        let mut d = Mux::new(Role::Dialer, cfg(), now);
+        assert_eq!(
+            d.handle_record(record(&[open(1)]), now),
+            Err(MuxError::UnexpectedOpen)
+        );
+    }
+
+    #[test]
+    fn frames_for_unknown_streams_are_ignored() {
+        let now = Instant::now();
+        let mut a = Mux::new(Role::Acceptor, cfg(), now);
+        let r = record(&[
+            Frame::Data {
+                stream: 9,
+                data: b"x",
+            },
+            Frame::Fin { stream: 9 },
+            Frame::Window {
+                stream: 9,
+                credit: 5,
+            },
+            Frame::Rst {
+                stream: 9,
+                code: ResetCode::Cancelled,
+            },
+            Frame::OpenOk { stream: 9 },
+        ]);
+        a.handle_record(r, now).unwrap();
+        assert_eq!(a.poll_event(), None);
+        assert!(a.is_idle());
+    }
+
+    #[test]
+    fn ping_pong_measures_rtt() {
+        let c = MuxConfig {
+            ping_interval: SEC,
+            ..cfg()
+        };
+        let t0 = Instant::now();
+        let mut d = Mux::new(Role::Dialer, c.clone(), t0);
+        let mut a = Mux::new(Role::Acceptor, c, t0);
+        assert_eq!(d.poll_timeout(), Some(t0 + SEC));
+        d.handle_timeout(t0 + SEC / 2).unwrap();
+        assert!(!d.has_pending_transmit());
+        d.handle_timeout(t0 + SEC).unwrap();
+        assert!(d.has_pending_transmit());
+        assert_eq!(d.poll_timeout(), Some(t0 + 2 * SEC));
+        transfer(&mut d, &mut a, t0 + SEC);
+        assert!(a.has_pending_transmit(), "PONG queued at once");
+        let rtt = Duration::from_millis(40);
+        transfer(&mut a, &mut d, t0 + SEC + rtt);
+        assert_eq!(events(&mut d), vec![Event::Rtt(rtt)]);
+        assert!(events(&mut a).is_empty());
+        // The PONG moved the dead deadline: no death at t0 + 3s.
+        d.handle_timeout(t0 + 3 * SEC).unwrap();
+    }
+
+    #[test]
+    fn dead_after_intervals_without_pong() {
+        let c = MuxConfig {
+            ping_interval: SEC,
+            ..cfg()
+        };
+        let t0 = Instant::now();
+        let mut d = Mux::new(Role::Dialer, c.clone(), t0);
+        d.handle_timeout(t0 + SEC).unwrap();
+        d.handle_timeout(t0 + 2 * SEC).unwrap();
+        assert_eq!(d.poll_timeout(), Some(t0 + 3 * SEC));
+        assert_eq!(
+            d.handle_timeout(t0 + 3 * SEC),
+            Err(MuxError::Dead { missed: 3 })
+        );
+
+        // Any PONG restarts the count, even one for an older PING.
+        let mut d = Mux::new(Role::Dialer, c, t0);
+        d.handle_timeout(t0 + SEC).unwrap();
+        let pong = record(&[Frame::Pong { nonce: 12345 }]);
+        d.handle_record(pong, t0 + 2 * SEC).unwrap();
+        assert!(events(&mut d).is_empty(), "no RTT for a foreign nonce");
+        d.handle_timeout(t0 + 3 * SEC).unwrap();
+        d.handle_timeout(t0 + 4 * SEC).unwrap();
+        assert_eq!(
+            d.handle_timeout(t0 + 5 * SEC),
+            Err(MuxError::Dead { missed: 3 })
+        );
+    }
+
+    #[test]
+    fn ping_nonces_count_up() {
+        let c = MuxConfig {
+            ping_interval: SEC,
+            ..cfg()
+        };
+        let t0 = Instant::now();
+        let mut d = Mux::new(Role::Dialer, c, t0);
+        for i in 0..2u64 {
+            d.handle_timeout(t0 + (i as u32 + 1) * SEC).unwrap();
+            let mut out = Vec::new();
+            assert!(d.poll_transmit(&mut out));
+            assert_eq!(frame::decode(&out).unwrap().0, Frame::Ping { nonce: i });
+        }
+    }
+
+    #[test]
+    fn go_away_both_sides() {
+        let mut p = Pair::new(cfg());
+        let s = p.d.open("svc").unwrap();
+        p.pump();
+        p.a.accept(s);
+        p.a.go_away(7);
+        p.pump();
+        assert_eq!(
+            events(&mut p.d),
+            vec![Event::OpenOk { stream: s }, Event::GoAway { reason: 7 }]
+        );
+        assert_eq!(p.d.open("svc"), Err(MuxError::GoingAway));
+        // Existing streams continue.
+        p.d.send(s, Bytes::from_static(b"still")).unwrap();
+        p.pump();
+        assert_eq!(
+            events(&mut p.a),
+            vec![
+                Event::Opened {
+                    stream: s,
+                    service: "svc".into()
+                },
+                data(s, b"still")
+            ]
+        );
+
+        let mut q = Pair::new(cfg());
+        q.d.go_away(1);
+        assert_eq!(q.d.open("svc"), Err(MuxError::GoingAway));
+        q.pump();
+        assert_eq!(events(&mut q.a), vec![Event::GoAway { reason: 1 }]);
+    }
+
+    #[test]
+    fn hundred_small_streams_share_one_record() {
+        let c = MuxConfig {
+            max_streams: 200,
+            ..cfg()
+        };
+        let now = Instant::now();
+        let mut d = Mux::new(Role::Dialer, c.clone(), now);
+        let mut a = Mux::new(Role::Acceptor, c, now);
+        for i in 0..100u8 {
+            let s = d.open("svc").unwrap();
+            d.send(s, Bytes::from(vec![i; 10])).unwrap();
+        }
+        let mut out = Vec::new();
+        assert!(d.poll_transmit(&mut out));
+        assert_eq!(out.len(), 100 * (HEADER_LEN + 3) + 100 * (HEADER_LEN + 10));
+        assert!(!d.has_pending_transmit());
+        let mut more = Vec::new();
+        assert!(!d.poll_transmit(&mut more));
+        a.handle_record(Bytes::from(out), now).unwrap();
+        let ev = events(&mut a);
+        assert_eq!(ev.len(), 200);
+        for s in 1..=100u64 {
+            assert!(ev.contains(&Event::Data {
+                stream: s,
+                data: Bytes::from(vec![(s - 1) as u8; 10])
+            }));
+        }
+    }
+
+    #[test]
+    fn poll_transmit_appends() {
+        let now = Instant::now();
+        let mut d = Mux::new(Role::Dialer, cfg(), now);
+        d.open("svc").unwrap();
+        let mut out = vec![0xAA, 0xBB];
+        assert!(d.poll_transmit(&mut out));
+        assert_eq!(&out[..2], &[0xAA, 0xBB]);
+        assert_eq!(
+            frame::decode(&out[2..]).unwrap().0,
+            Frame::Open {
+                stream: 1,
+                service: "svc"
+            }
+        );
+    }
+
+    #[test]
+    fn records_never_exceed_max_record() {
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let sizes = [MIN_RECORD, 100, 1000, 4096, 65535 - 16];
+        assert!(!sizes.is_empty());
+        for &max_record in &sizes {
+            let c = MuxConfig {
+                window: 8192,
+                max_record,
+                ..cfg()
+            };
+            let mut p = Pair::new(c);
+            let streams: Vec<StreamId> = (0..5).map(|_| p.d.open("svc").unwrap()).collect();
+            let mut expected: HashMap<StreamId, Vec<u8>> = HashMap::new();
+            let mut got: HashMap<StreamId, Vec<u8>> = HashMap::new();
+            for round in 0..300 {
+                let s = streams[rng.below(streams.len() as u64) as usize];
+                let credit = p.d.send_credit(s) as usize;
+                let n = (rng.below(3000) as usize).min(credit);
+                let chunk = pattern(n, round as u8);
+                p.d.send(s, chunk.clone()).unwrap();
+                expected.entry(s).or_default().extend_from_slice(&chunk);
+                // `Pair::pump` asserts the size of every record.
+                p.pump();
+                for e in events(&mut p.a) {
+                    match e {
+                        Event::Opened { stream, .. } => p.a.accept(stream),
+                        Event::Data { stream, data } => {
+                            got.entry(stream).or_default().extend_from_slice(&data);
+                            p.a.consumed(stream, data.len());
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
+                p.pump();
+                events(&mut p.d);
+            }
+            for s in &streams {
+                assert_eq!(got.get(s), expected.get(s), "stream {s} at {max_record}");
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_records_never_panic() {
+        let mut rng = XorShift(0xDEAD_BEEF_CAFE_F00D);
+        let now = Instant::now();
+        let mut errors = 0;
+        for i in 0..10_000 {
+            let role = if i % 2 == 0 {
+                Role::Dialer
+            } else {
+                Role::Acceptor
+            };
+            let mut m = Mux::new(role, cfg(), now);
+            if role == Role::Dialer {
+                m.open("svc").unwrap();
+            }
+            let mut buf = Vec::new();
+            if i % 3 == 0 {
+                // Plausible headers, so the checks past the type byte are reached too.
+                for _ in 0..rng.below(5) {
+                    buf.push(rng.below(12) as u8);
+                    buf.extend_from_slice(&rng.below(3).to_be_bytes());
+                    let len = rng.below(12) as u16;
+                    buf.extend_from_slice(&len.to_be_bytes());
+                    for _ in 0..len {
+                        buf.push(if rng.below(2) == 0 {
+                            b'a'
+                        } else {
+                            rng.next() as u8
+                        });
+                    }
+                }
+                if rng.below(4) == 0 {
+                    buf.truncate(rng.below(buf.len() as u64 + 1) as usize);
+                }
+            } else {
+                for _ in 0..rng.below(200) {
+                    buf.push(rng.next() as u8);
+                }
+            }
+            if m.handle_record(Bytes::from(buf), now).is_err() {
+                errors += 1;
+            }
+            while m.poll_event().is_some() {}
+            let mut out = Vec::new();
+            while m.poll_transmit(&mut out) {
+                assert!(out.len() <= m.cfg.max_record);
+                out.clear();
+            }
+        }
+        assert!(errors > 5_000, "garbage was accepted: only {errors} errors");
+    }
+}
