@@ -371,7 +371,8 @@ impl Mux {
     }
 
     /// Refuses a stream announced by `Event::Opened`; queues OPEN_ERR and forgets it, so its
-    /// in-flight DATA and FIN are ignored.
+    /// in-flight DATA and FIN are ignored. Ignored unless the stream awaits an answer (an
+    /// accepted stream is ended with `reset`).
     pub fn refuse(&mut self, stream: StreamId, code: OpenError) {
         if self
             .streams
@@ -1500,6 +1501,37 @@ mod tests {
                 data: Bytes::from(vec![(s - 1) as u8; 10])
             }));
         }
+    }
+
+    #[test]
+    fn busy_streams_take_turns() {
+        let now = Instant::now();
+        let mut d = Mux::new(
+            Role::Dialer,
+            MuxConfig {
+                max_record: 1000,
+                ..cfg()
+            },
+            now,
+        );
+        let s1 = d.open("one").unwrap();
+        let s2 = d.open("two").unwrap();
+        let mut opens = Vec::new();
+        assert!(d.poll_transmit(&mut opens));
+        d.send(s1, pattern(5000, 1)).unwrap();
+        d.send(s2, pattern(5000, 2)).unwrap();
+        let mut order = Vec::new();
+        let mut out = Vec::new();
+        while d.poll_transmit(&mut out) {
+            let (f, _) = frame::decode(&out).unwrap(); // who leads the record
+            let Frame::Data { stream, .. } = f else {
+                panic!("{f:?}");
+            };
+            order.push(stream);
+            out.clear();
+        }
+        assert_eq!(order.len(), 11); // 10000 bytes in records of 989 payload bytes
+        assert!(order.windows(2).all(|w| w[0] != w[1]), "{order:?}");
     }
 
     #[test]
