@@ -1,0 +1,224 @@
+//! `meshd demo`: the example mesh of `peers/` on loopback in one process. Each peer gets a
+//! fresh key (the manifest's public keys have no private keys anywhere), free loopback
+//! ports, and stand-in services (an HTTP responder for `http`, byte-exact echo servers for
+//! the rest); then real streams cross the links and the replies are printed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use meshd::config::{Config, HostConfig, HostPort, Manifest};
+use meshd::keys::{self, MeshSecret};
+
+pub async fn run(manifest: Option<PathBuf>, keep: bool) -> ExitCode {
+    match demo(manifest, keep).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshd demo: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn default_manifest() -> PathBuf {
+    let local = PathBuf::from("peers");
+    if local.join("mesh.toml").is_file() {
+        local
+    } else {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/peers"))
+    }
+}
+
+async fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Starts a stand-in server for a service and returns its address.
+async fn stand_in(service: &str, owner: &str) -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let http = service.contains("http") || service.contains("web");
+    let banner = format!("{owner}/{service}");
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let banner = banner.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                if http {
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    let first = String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned();
+                    let body = format!("hello from {banner}, reached through meshd; you asked: {first}\n");
+                    let reply = format!(
+                        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(reply.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                } else {
+                    loop {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if sock.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = sock.shutdown().await;
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Rewrites the example manifest for one machine: fresh keys, loopback ports, stand-ins.
+async fn localize(mut manifest: Manifest, dir: &Path) -> Result<Vec<Config>> {
+    let mut keys_by_peer = Vec::new();
+    for peer in manifest.peers.values_mut() {
+        let (private, public) = keys::generate_keypair()?;
+        peer.public_key = public;
+        let port = free_port().await?;
+        peer.endpoints = vec![HostPort::Addr(SocketAddr::from(([127, 0, 0, 1], port)))];
+        for (name, service) in peer.services.iter_mut() {
+            let addr = stand_in(name.as_str(), peer.name.as_str()).await?;
+            service.target = HostPort::Addr(addr);
+        }
+        for fwd in peer.forwards.iter_mut() {
+            fwd.listen = SocketAddr::from(([127, 0, 0, 1], free_port().await?));
+        }
+        keys_by_peer.push((peer.name.clone(), private, port));
+    }
+    let mut secret = [0u8; 32];
+    keys::fill_random(&mut secret)?;
+    let mut configs = Vec::new();
+    for (name, private_key, port) in keys_by_peer {
+        let state_dir = dir.join(name.as_str());
+        configs.push(Config {
+            host: HostConfig {
+                path: dir.join(format!("{name}.toml")),
+                name,
+                manifest: manifest.dir.clone(),
+                key: dir.join("unused.key"),
+                listen: None,
+                admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+                mesh_secret: None,
+                state_dir,
+            },
+            manifest: manifest.clone(),
+            private_key,
+            mesh_secret: Some(MeshSecret::from_bytes(secret)),
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        });
+    }
+    Ok(configs)
+}
+
+async fn demo(manifest_dir: Option<PathBuf>, keep: bool) -> Result<()> {
+    let dir = manifest_dir.unwrap_or_else(default_manifest);
+    let manifest = meshd::config::load_manifest(&dir)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("loading the example manifest {}", dir.display()))?;
+    println!(
+        "meshd demo: mesh {:?} from {} ({} peers, auth {}), run on loopback with fresh keys\n",
+        manifest.mesh.mesh_id,
+        dir.display(),
+        manifest.peers.len(),
+        manifest.mesh.auth.as_str()
+    );
+    let state = std::env::temp_dir().join(format!("meshd-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&state)?;
+    let configs = localize(manifest, &state).await?;
+    let cancel = CancellationToken::new();
+    let mut routes = Vec::new();
+    let mut done = Vec::new();
+    for cfg in configs {
+        let me = cfg.me().clone();
+        for (name, svc) in &me.services {
+            println!("  {}/{name:<10} exported to {:?}, stand-in at {}", me.name, svc.allow.iter().map(|p| p.as_str()).collect::<Vec<_>>(), svc.target);
+        }
+        let (bound, handle) = meshd::daemon::start(cfg, cancel.clone())
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        for (to, addr) in bound.forwards {
+            routes.push((me.name.to_string(), to, addr));
+        }
+        done.push(handle);
+    }
+    println!();
+    let mut failures = 0;
+    for (from, to, addr) in &routes {
+        match exchange(to, *addr).await {
+            Ok((sent, got)) => {
+                println!("{from} -> {to} via {addr}\n  sent:     {}\n  received: {}\n", sent.trim_end(), got.trim_end().replace('\n', "\n            "));
+            }
+            Err(e) => {
+                failures += 1;
+                println!("{from} -> {to} via {addr}: FAILED: {e:#}\n");
+            }
+        }
+    }
+    if keep {
+        println!("demo mesh running; forwards listed above; Ctrl-C to stop");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    cancel.cancel();
+    for h in done {
+        let _ = h.await;
+    }
+    let _ = std::fs::remove_dir_all(&state);
+    if failures > 0 {
+        return Err(anyhow!("{failures} of {} streams failed", routes.len()));
+    }
+    println!("all {} streams crossed the mesh intact", routes.len());
+    Ok(())
+}
+
+/// Sends one request through a forward (retrying while the link comes up) and returns the
+/// request and the reply.
+async fn exchange(to: &str, addr: SocketAddr) -> Result<(String, String)> {
+    let request = if to.contains("http") || to.contains("web") {
+        format!("GET / HTTP/1.0\r\nHost: {to}\r\n\r\n")
+    } else {
+        format!("hello {to}, this line is echoed back byte for byte\n")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match try_exchange(addr, &request).await {
+            Ok(reply) if !reply.is_empty() => {
+                if !(to.contains("http") || to.contains("web")) && reply != request {
+                    return Err(anyhow!("echo mismatch: got {reply:?}"));
+                }
+                return Ok((request.clone(), reply));
+            }
+            Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(_) => return Err(anyhow!("empty reply")),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn try_exchange(addr: SocketAddr, request: &str) -> Result<String> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(request.as_bytes()).await?;
+    s.shutdown().await?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply))
+        .await
+        .context("reply timed out")??;
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}

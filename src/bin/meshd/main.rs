@@ -1,0 +1,161 @@
+//! `meshd`: the daemon. `meshd --config FILE` runs one host of the mesh; `meshd demo`
+//! runs the example mesh of `peers/` on loopback and sends real streams across it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+mod demo;
+
+/// Exit code for unusable configuration or arguments (EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "meshd",
+    version,
+    about = "Forward TCP streams to named services on other servers over authenticated, encrypted, multiplexed links",
+    long_about = "meshd runs on every server of the mesh. It reads its host config (name, key, \
+manifest path), loads and validates the whole manifest before binding any port, keeps one \
+link up to each peer it forwards to, and serves its own services to the peers on their \
+allow lists.\n\nExit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 64 when the \
+configuration is invalid (nothing was bound), 1 on a runtime failure (e.g. a port in use)."
+)]
+struct Args {
+    /// Host config file.
+    #[arg(long, value_name = "FILE", default_value = "/etc/meshd/meshd.toml")]
+    config: PathBuf,
+
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the example mesh of peers/ on loopback, with fresh keys and stand-in services,
+    /// and show real streams crossing it.
+    Demo {
+        /// The example manifest directory.
+        #[arg(long, value_name = "DIR")]
+        manifest: Option<PathBuf>,
+        /// Keep the demo mesh running after the demonstration, until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event.
+    Human,
+    /// One JSON object per event.
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meshd: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match args.command {
+        Some(Command::Demo { manifest, keep }) => runtime.block_on(demo::run(manifest, keep)),
+        None => runtime.block_on(run_daemon(args.config)),
+    }
+}
+
+async fn run_daemon(path: PathBuf) -> ExitCode {
+    // Validate everything before binding anything.
+    let cfg = match meshd::config::load_config(&path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("meshd: invalid configuration:\n{e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let cancel = CancellationToken::new();
+    let (_bound, done) = match meshd::daemon::start(cfg, cancel.clone()).await {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("meshd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    notify_systemd("READY=1");
+    if let Err(e) = wait_for_signals().await {
+        eprintln!("meshd: cannot install signal handlers: {e}");
+        cancel.cancel();
+        let _ = done.await;
+        return ExitCode::from(1);
+    }
+    notify_systemd("STOPPING=1");
+    tracing::info!("shutting down: no new connections; draining open streams");
+    cancel.cancel();
+    let _ = done.await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Returns on SIGTERM or SIGINT. SIGHUP is caught so a reload request never kills the
+/// daemon; live reload is not implemented yet, which the log says.
+async fn wait_for_signals() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::warn!("SIGHUP received: live reload is not supported by this version; restart meshd to apply configuration changes");
+            }
+        }
+    }
+}
+
+/// Tells systemd (Type=notify) about readiness; a no-op outside systemd.
+fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| {
+        let sock = UnixDatagram::unbound()?;
+        sock.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        tracing::warn!(socket = %path, error = %e, "cannot notify systemd");
+    }
+}

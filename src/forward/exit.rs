@@ -1,0 +1,82 @@
+//! Exits: this host's exported services. An OPEN is accepted only for a service that
+//! exists and lists the dialing peer; the target is connected before OPEN_OK is sent.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
+
+use super::splice::{splice, SpliceEnd};
+use crate::config::{HostPort, PeerName, Service, ServiceName};
+use crate::link::{Cmd, Exits, StreamHandle};
+use crate::proto::frame::OpenError;
+
+/// How long an exit waits for its target to accept.
+const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The services of this host, as the link drivers see them.
+#[derive(Debug)]
+pub struct ExitTable {
+    services: BTreeMap<ServiceName, Service>,
+    tracker: TaskTracker,
+}
+
+impl ExitTable {
+    /// Builds the table from this host's manifest entry.
+    pub fn new(services: BTreeMap<ServiceName, Service>, tracker: TaskTracker) -> Self {
+        Self { services, tracker }
+    }
+}
+
+impl Exits for ExitTable {
+    fn open(&self, peer: &PeerName, service: &str, stream: StreamHandle) -> Result<(), OpenError> {
+        let name = ServiceName::new(service).map_err(|_| OpenError::UnknownService)?;
+        let svc = self.services.get(&name).ok_or(OpenError::UnknownService)?;
+        if !svc.allow.contains(peer) {
+            return Err(OpenError::NotAllowed);
+        }
+        let target = svc.target.clone();
+        let peer = peer.clone();
+        self.tracker.spawn(async move {
+            let connect = async {
+                match &target {
+                    HostPort::Addr(a) => TcpStream::connect(a).await,
+                    HostPort::Dns { host, port } => TcpStream::connect((host.as_str(), *port)).await,
+                }
+            };
+            let id = stream.id;
+            let socket = match tokio::time::timeout(TARGET_CONNECT_TIMEOUT, connect).await {
+                Ok(Ok(s)) => s,
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".to_owned(),
+                    };
+                    tracing::warn!(%peer, service = %name, %target, reason = "target_unreachable", "open refused: target {target}: {why}");
+                    let _ = stream
+                        .cmds
+                        .send(Cmd::Refuse {
+                            stream: id,
+                            code: OpenError::TargetUnreachable,
+                        })
+                        .await;
+                    return;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            if stream.cmds.send(Cmd::Accept { stream: id }).await.is_err() {
+                return;
+            }
+            match splice(socket, stream).await {
+                SpliceEnd::Clean { sent, received } => {
+                    tracing::debug!(%peer, service = %name, stream = id, sent, received, "stream closed")
+                }
+                SpliceEnd::Aborted { why } => {
+                    tracing::info!(%peer, service = %name, stream = id, "stream aborted: {why}")
+                }
+            }
+        });
+        Ok(())
+    }
+}

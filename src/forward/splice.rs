@@ -1,0 +1,154 @@
+//! Copies bytes both ways between a local TCP socket and a stream, within the stream's
+//! credit. A half-close travels as FIN in either direction; any abort (peer reset, refused
+//! open, link lost, local error) resets the local socket, so a client never mistakes a cut
+//! stream for a complete one.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::link::{Cmd, StreamEvent, StreamHandle};
+use crate::proto::frame::{ResetCode, HEADER_LEN};
+use crate::proto::handshake::MAX_RECORD_PLAINTEXT;
+
+/// Largest read from a local socket: one DATA frame filling one record.
+const CHUNK: usize = MAX_RECORD_PLAINTEXT - HEADER_LEN;
+
+/// How a spliced stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpliceEnd {
+    /// Both directions finished cleanly.
+    Clean {
+        /// Bytes from the local socket to the peer.
+        sent: u64,
+        /// Bytes from the peer to the local socket.
+        received: u64,
+    },
+    /// The stream was aborted; the local socket was reset.
+    Aborted {
+        /// Why.
+        why: String,
+    },
+}
+
+enum Abort {
+    /// The peer ended the stream; nothing to tell it.
+    Remote(String),
+    /// A local failure; the peer must hear a reset.
+    Local(String),
+}
+
+/// Runs the stream until both directions end or it is aborted.
+pub async fn splice(socket: TcpStream, handle: StreamHandle) -> SpliceEnd {
+    let StreamHandle {
+        id,
+        mut events,
+        credit,
+        cmds,
+    } = handle;
+    let (mut rd, mut wr) = socket.into_split();
+    let mut sent = 0u64;
+    let mut received = 0u64;
+
+    let up = async {
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        loop {
+            // Read only what the peer has room for, so nothing waits here unsent.
+            let first = credit
+                .acquire()
+                .await
+                .map_err(|_| Abort::Remote("link lost".into()))?;
+            first.forget();
+            let room = (credit.available_permits() + 1).min(CHUNK);
+            if buf.capacity() < room {
+                buf.reserve(CHUNK);
+            }
+            buf.resize(room, 0);
+            let n = match rd.read(&mut buf[..room]).await {
+                Ok(n) => n,
+                Err(e) => return Err(Abort::Local(format!("local read: {e}"))),
+            };
+            if n == 0 {
+                credit.add_permits(1);
+                cmds.send(Cmd::Fin { stream: id })
+                    .await
+                    .map_err(|_| Abort::Remote("link lost".into()))?;
+                return Ok(());
+            }
+            if n > 1 {
+                match credit.try_acquire_many((n - 1) as u32) {
+                    Ok(p) => p.forget(),
+                    Err(_) => return Err(Abort::Remote("link lost".into())),
+                }
+            }
+            buf.truncate(n);
+            let data = buf.split().freeze();
+            sent += n as u64;
+            cmds.send(Cmd::Data { stream: id, data })
+                .await
+                .map_err(|_| Abort::Remote("link lost".into()))?;
+        }
+    };
+
+    let down = async {
+        loop {
+            match events.recv().await {
+                Some(StreamEvent::Data(data)) => {
+                    if let Err(e) = wr.write_all(&data).await {
+                        return Err(Abort::Local(format!("local write: {e}")));
+                    }
+                    received += data.len() as u64;
+                    let _ = cmds
+                        .send(Cmd::Consumed {
+                            stream: id,
+                            n: data.len(),
+                        })
+                        .await;
+                }
+                Some(StreamEvent::OpenOk) => {}
+                Some(StreamEvent::Fin) => {
+                    let _ = wr.shutdown().await;
+                    return Ok(());
+                }
+                Some(StreamEvent::OpenErr(code)) => {
+                    return Err(Abort::Remote(format!("open refused: {code:?}")))
+                }
+                Some(StreamEvent::Reset(code)) => {
+                    return Err(Abort::Remote(format!("reset by peer: {code:?}")))
+                }
+                None => return Err(Abort::Remote("link lost".into())),
+            }
+        }
+    };
+
+    let result = tokio::try_join!(up, down);
+    match result {
+        Ok(((), ())) => SpliceEnd::Clean { sent, received },
+        Err(abort) => {
+            let why = match abort {
+                Abort::Remote(why) => why,
+                Abort::Local(why) => {
+                    let _ = cmds
+                        .send(Cmd::Reset {
+                            stream: id,
+                            code: ResetCode::Cancelled,
+                        })
+                        .await;
+                    why
+                }
+            };
+            if let Ok(socket) = rd.reunite(wr) {
+                reset_socket(socket);
+            }
+            SpliceEnd::Aborted { why }
+        }
+    }
+}
+
+/// Drops a socket with SO_LINGER 0, so the other end sees a TCP reset, not a clean end.
+pub(crate) fn reset_socket(socket: TcpStream) {
+    let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
+    drop(socket);
+}

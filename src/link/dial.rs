@@ -1,0 +1,255 @@
+//! The dialing side: one supervisor per peer this host has forwards to. It keeps the link
+//! up (dial each endpoint in order, handshake under a deadline, run the driver, redial
+//! with jittered backoff) and publishes the current link for the entrances.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::driver::{Direction, Driver, CMD_CAPACITY};
+use super::{Backoff, BackoffConfig, LinkError, LinkHandle};
+use crate::config::{AuthMode, HostPort, Limits, PeerName};
+use crate::keys::{PairKey, PrivateKey, PublicKey};
+use crate::proto::handshake::{self, HandshakeError, PairParams, Session, MAX_HANDSHAKE_MSG};
+
+/// Where the current link to one peer is published (`None` while it is down).
+pub type LinkSlot = watch::Sender<Option<LinkHandle>>;
+
+/// Everything needed to dial one peer.
+#[derive(Debug)]
+pub struct DialContext {
+    /// This host.
+    pub me: PeerName,
+    /// The peer to dial.
+    pub peer: PeerName,
+    /// Its endpoints, tried in order.
+    pub endpoints: Vec<HostPort>,
+    /// Auth mode of the pair.
+    pub mode: AuthMode,
+    /// Mesh id (prologue).
+    pub mesh_id: String,
+    /// This host's static key.
+    pub local_key: PrivateKey,
+    /// The peer's manifest key.
+    pub remote_key: PublicKey,
+    /// The pair's psk slot.
+    pub psk: PairKey,
+    /// Link limits.
+    pub limits: Limits,
+    /// Redial backoff.
+    pub backoff: BackoffConfig,
+    /// Last msg1 timestamp sent, so timestamps grow even if the clock steps back.
+    last_timestamp: AtomicU64,
+}
+
+impl DialContext {
+    /// Builds a dial context.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        me: PeerName,
+        peer: PeerName,
+        endpoints: Vec<HostPort>,
+        mode: AuthMode,
+        mesh_id: String,
+        local_key: PrivateKey,
+        remote_key: PublicKey,
+        psk: PairKey,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            me,
+            peer,
+            endpoints,
+            mode,
+            mesh_id,
+            local_key,
+            remote_key,
+            psk,
+            limits,
+            backoff: BackoffConfig::default(),
+            last_timestamp: AtomicU64::new(0),
+        }
+    }
+
+    fn next_timestamp(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut prev = self.last_timestamp.load(Ordering::SeqCst);
+        loop {
+            let next = now.max(prev + 1);
+            match self.last_timestamp.compare_exchange(
+                prev,
+                next,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return next,
+                Err(actual) => prev = actual,
+            }
+        }
+    }
+}
+
+/// Keeps the link to `ctx.peer` up until `cancel` fires.
+pub async fn supervise(ctx: Arc<DialContext>, slot: LinkSlot, cancel: CancellationToken) {
+    let mut backoff = Backoff::new(ctx.backoff);
+    let mut failures_logged = 0u32;
+    loop {
+        let attempt = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = dial_once(&ctx) => r,
+        };
+        match attempt {
+            Ok((socket, session, endpoint)) => {
+                failures_logged = 0;
+                let (tx, rx) = mpsc::channel(CMD_CAPACITY);
+                let handle = LinkHandle {
+                    peer: ctx.peer.clone(),
+                    cmds: tx.clone(),
+                };
+                let driver = Driver::new(
+                    ctx.peer.clone(),
+                    Direction::Dialer,
+                    session,
+                    &ctx.limits,
+                    tx,
+                    None,
+                );
+                let started = Instant::now();
+                tracing::info!(peer = %ctx.peer, direction = "dialer", %endpoint, "link up");
+                let link_cancel = cancel.child_token();
+                slot.send_replace(Some(handle));
+                let err = driver.run(socket, rx, link_cancel).await;
+                slot.send_replace(None);
+                if matches!(err, LinkError::Cancelled) && cancel.is_cancelled() {
+                    tracing::info!(peer = %ctx.peer, direction = "dialer", "link closed");
+                    return;
+                }
+                tracing::warn!(
+                    peer = %ctx.peer,
+                    direction = "dialer",
+                    reason = err.reason(),
+                    "link down: {err}"
+                );
+                backoff.link_ended(started.elapsed());
+            }
+            Err(err) => {
+                // Log the first failures, then every 10th, so a long outage does not flood.
+                if failures_logged < 3 || failures_logged % 10 == 0 {
+                    tracing::warn!(
+                        peer = %ctx.peer,
+                        reason = err.reason(),
+                        "link dial failed: {err}"
+                    );
+                }
+                failures_logged += 1;
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Tries each endpoint in order; returns the first authenticated connection.
+async fn dial_once(ctx: &DialContext) -> Result<(TcpStream, Session, String), LinkError> {
+    let mut errors = Vec::new();
+    for endpoint in &ctx.endpoints {
+        let connect = async {
+            match endpoint {
+                HostPort::Addr(a) => TcpStream::connect(a).await,
+                HostPort::Dns { host, port } => TcpStream::connect((host.as_str(), *port)).await,
+            }
+        };
+        let mut socket = match tokio::time::timeout(ctx.limits.handshake_timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                errors.push(format!("{endpoint}: {e}"));
+                continue;
+            }
+            Err(_) => {
+                errors.push(format!("{endpoint}: connect timed out"));
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let hs = tokio::time::timeout(ctx.limits.handshake_timeout, handshake(ctx, &mut socket));
+        match hs.await {
+            Ok(Ok(session)) => return Ok((socket, session, endpoint.to_string())),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(LinkError::Handshake(HandshakeError::Timeout)),
+        }
+    }
+    Err(LinkError::Unreachable(errors.join("; ")))
+}
+
+async fn handshake(ctx: &DialContext, socket: &mut TcpStream) -> Result<Session, LinkError> {
+    let params = PairParams {
+        mode: ctx.mode,
+        mesh_id: &ctx.mesh_id,
+        dialer: &ctx.me,
+        acceptor: &ctx.peer,
+        local_key: &ctx.local_key,
+        remote_key: &ctx.remote_key,
+        psk: &ctx.psk,
+    };
+    let (initiator, first) = handshake::initiate(&params, ctx.next_timestamp())?;
+    socket.write_all(&first).await?;
+    let mut len = [0u8; 2];
+    read_exact(socket, &mut len).await?;
+    let len = u16::from_be_bytes(len) as usize;
+    if len > MAX_HANDSHAKE_MSG {
+        return Err(HandshakeError::Oversized(len).into());
+    }
+    let mut msg2 = vec![0u8; len];
+    read_exact(socket, &mut msg2).await?;
+    Ok(initiator.finish(&msg2)?)
+}
+
+/// `read_exact` that reports a closed connection as a truncated handshake.
+pub(super) async fn read_exact(socket: &mut TcpStream, buf: &mut [u8]) -> Result<(), LinkError> {
+    match socket.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(HandshakeError::Truncated.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_strictly_increase() {
+        let (k, p) = crate::keys::generate_keypair().expect("rng");
+        let name = PeerName::new("a").expect("name");
+        let ctx = DialContext::new(
+            name.clone(),
+            name,
+            vec![],
+            AuthMode::Noise,
+            "m".into(),
+            k,
+            p,
+            PairKey::from_bytes([0; 32]),
+            Limits::default(),
+        );
+        let mut last = 0;
+        for _ in 0..10_000 {
+            let t = ctx.next_timestamp();
+            assert!(t > last);
+            last = t;
+        }
+    }
+}

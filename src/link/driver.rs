@@ -1,0 +1,400 @@
+//! The per-link driver: the one task that owns a link's socket, record layer and
+//! multiplexer. Its single `select!` reads the socket, writes queued records, takes
+//! commands from stream tasks, fires the mux timers and watches for cancellation.
+//!
+//! It never waits on a stream's local socket: inbound data goes to each stream's
+//! unbounded channel, which the per-stream credit window bounds.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::{Cmd, LinkError, OpenFailure, StreamEvent, StreamHandle};
+use crate::config::{Limits, PeerName};
+use crate::proto::frame::{OpenError, ResetCode, StreamId};
+use crate::proto::handshake::{Session, MAX_RECORD_PLAINTEXT, TAG_LEN};
+use crate::proto::mux::{Event, Mux, MuxConfig, Role};
+
+/// Encrypted bytes queued for the socket before the driver stops pulling from the mux.
+const WRITE_HIGH_WATER: usize = 512 * 1024;
+/// Commands taken per wake-up, so frames of many streams share records.
+const CMD_BATCH: usize = 128;
+/// Socket read buffer reservation.
+const READ_CHUNK: usize = 256 * 1024;
+/// Capacity of a link's command channel.
+pub(crate) const CMD_CAPACITY: usize = 1024;
+
+/// Which side of the link this process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// This side dialed.
+    Dialer,
+    /// This side accepted.
+    Acceptor,
+}
+
+impl Direction {
+    /// Label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Dialer => "dialer",
+            Direction::Acceptor => "acceptor",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The exporting side's service table: decides each OPEN and takes over accepted streams.
+pub trait Exits: Send + Sync + 'static {
+    /// Called for every OPEN from `peer`. On `Ok` the implementation owns `stream` and must
+    /// eventually send Accept or Refuse for it; on `Err` the driver refuses the stream.
+    fn open(&self, peer: &PeerName, service: &str, stream: StreamHandle) -> Result<(), OpenError>;
+}
+
+/// The mux settings of a link from the mesh limits.
+pub(crate) fn mux_config(limits: &Limits) -> MuxConfig {
+    MuxConfig {
+        window: limits.stream_window,
+        max_streams: limits.max_streams,
+        max_record: MAX_RECORD_PLAINTEXT,
+        ping_interval: limits.ping_interval,
+        dead_after: 3,
+    }
+}
+
+struct Slot {
+    tx: mpsc::UnboundedSender<StreamEvent>,
+    credit: Arc<Semaphore>,
+}
+
+/// Human words for a refusal code, used in log lines.
+pub(crate) fn open_error_text(code: OpenError) -> String {
+    match code {
+        OpenError::UnknownService => "unknown service".to_owned(),
+        OpenError::NotAllowed => "not allowed: peer is not on the service's allow list".to_owned(),
+        OpenError::TargetUnreachable => "target unreachable".to_owned(),
+        OpenError::TooManyStreams => "too many streams on the link".to_owned(),
+        OpenError::ShuttingDown => "peer is shutting down".to_owned(),
+        OpenError::Other(n) => format!("refused with code {n}"),
+    }
+}
+
+/// One running link.
+pub(crate) struct Driver {
+    peer: PeerName,
+    mux: Mux,
+    session: Session,
+    streams: HashMap<StreamId, Slot>,
+    cmds_tx: mpsc::Sender<Cmd>,
+    exits: Option<Arc<dyn Exits>>,
+    window: u32,
+    rbuf: BytesMut,
+    plain_in: BytesMut,
+    plain_out: Vec<u8>,
+    wbuf: Vec<u8>,
+    wpos: usize,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        peer: PeerName,
+        direction: Direction,
+        session: Session,
+        limits: &Limits,
+        cmds_tx: mpsc::Sender<Cmd>,
+        exits: Option<Arc<dyn Exits>>,
+    ) -> Self {
+        let role = match direction {
+            Direction::Dialer => Role::Dialer,
+            Direction::Acceptor => Role::Acceptor,
+        };
+        Self {
+            peer,
+            mux: Mux::new(role, mux_config(limits), Instant::now()),
+            session,
+            streams: HashMap::new(),
+            cmds_tx,
+            exits,
+            window: limits.stream_window,
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            plain_in: BytesMut::new(),
+            plain_out: Vec::with_capacity(MAX_RECORD_PLAINTEXT),
+            wbuf: Vec::with_capacity(WRITE_HIGH_WATER + 2 * 65536),
+            wpos: 0,
+        }
+    }
+
+    /// Runs the link until it fails or is cancelled; returns why it ended. Every stream
+    /// still open then sees its channel close (its local socket is reset).
+    pub(crate) async fn run(
+        mut self,
+        mut socket: TcpStream,
+        mut cmds: mpsc::Receiver<Cmd>,
+        cancel: CancellationToken,
+    ) -> LinkError {
+        let err = self.serve(&mut socket, &mut cmds, &cancel).await;
+        for (_, slot) in self.streams.drain() {
+            slot.credit.close();
+        }
+        cmds.close();
+        err
+    }
+
+    async fn serve(
+        &mut self,
+        socket: &mut TcpStream,
+        cmds: &mut mpsc::Receiver<Cmd>,
+        cancel: &CancellationToken,
+    ) -> LinkError {
+        let (mut rd, mut wr) = socket.split();
+        loop {
+            if let Err(e) = self.fill_write_buffer() {
+                return e;
+            }
+            let deadline = self.mux.poll_timeout();
+            let timer = async move {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let pending_write = self.wpos < self.wbuf.len();
+            if self.rbuf.capacity() - self.rbuf.len() < MAX_RECORD_PLAINTEXT {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    self.mux.go_away(0);
+                    let _ = self.fill_write_buffer();
+                    let flush = wr.write_all(&self.wbuf[self.wpos..]);
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), flush).await;
+                    return LinkError::Cancelled;
+                }
+                r = rd.read_buf(&mut self.rbuf) => match r {
+                    Ok(0) => return LinkError::Closed,
+                    Ok(_) => {
+                        if let Err(e) = self.on_readable() {
+                            return e;
+                        }
+                    }
+                    Err(e) => return LinkError::Io(e),
+                },
+                r = wr.write(&self.wbuf[self.wpos..]), if pending_write => match r {
+                    Ok(0) => return LinkError::Closed,
+                    Ok(n) => {
+                        self.wpos += n;
+                        if self.wpos == self.wbuf.len() {
+                            self.wbuf.clear();
+                            self.wpos = 0;
+                        }
+                    }
+                    Err(e) => return LinkError::Io(e),
+                },
+                cmd = cmds.recv() => {
+                    // The driver holds a sender itself, so the channel never ends here.
+                    if let Some(cmd) = cmd {
+                        self.on_cmd(cmd);
+                        for _ in 0..CMD_BATCH {
+                            match cmds.try_recv() {
+                                Ok(cmd) => self.on_cmd(cmd),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                _ = timer => {
+                    if let Err(e) = self.mux.handle_timeout(Instant::now()) {
+                        return LinkError::Protocol(e);
+                    }
+                }
+            }
+            self.dispatch_events();
+        }
+    }
+
+    /// Encrypts records from the mux until enough bytes wait for the socket.
+    fn fill_write_buffer(&mut self) -> Result<(), LinkError> {
+        if self.wpos > 0 && self.wpos >= self.wbuf.len() / 2 {
+            self.wbuf.drain(..self.wpos);
+            self.wpos = 0;
+        }
+        while self.wbuf.len() - self.wpos < WRITE_HIGH_WATER {
+            self.plain_out.clear();
+            if !self.mux.poll_transmit(&mut self.plain_out) {
+                break;
+            }
+            self.session.seal(&self.plain_out, &mut self.wbuf)?;
+        }
+        Ok(())
+    }
+
+    /// Decrypts every whole record in the read buffer and feeds it to the mux.
+    fn on_readable(&mut self) -> Result<(), LinkError> {
+        let now = Instant::now();
+        while self.rbuf.len() >= 2 {
+            let len = u16::from_be_bytes([self.rbuf[0], self.rbuf[1]]) as usize;
+            if len < TAG_LEN {
+                return Err(LinkError::RecordLength(len));
+            }
+            if self.rbuf.len() < 2 + len {
+                break;
+            }
+            let plain_len = len - TAG_LEN;
+            if self.plain_in.capacity() < plain_len {
+                self.plain_in.reserve(READ_CHUNK);
+            }
+            self.plain_in.resize(plain_len, 0);
+            let n = self
+                .session
+                .open(&self.rbuf[2..2 + len], &mut self.plain_in[..plain_len])?;
+            self.rbuf.advance(2 + len);
+            let record = self.plain_in.split_to(n).freeze();
+            self.plain_in.clear();
+            self.mux.handle_record(record, now)?;
+            self.dispatch_events();
+        }
+        Ok(())
+    }
+
+    fn new_slot(&mut self, id: StreamId) -> StreamHandle {
+        let (tx, events) = mpsc::unbounded_channel();
+        let credit = Arc::new(Semaphore::new(self.window as usize));
+        self.streams.insert(
+            id,
+            Slot {
+                tx,
+                credit: credit.clone(),
+            },
+        );
+        StreamHandle {
+            id,
+            events,
+            credit,
+            cmds: self.cmds_tx.clone(),
+        }
+    }
+
+    fn deliver(&mut self, stream: StreamId, event: StreamEvent) {
+        let gone = match self.streams.get(&stream) {
+            Some(slot) => slot.tx.send(event).is_err(),
+            None => false,
+        };
+        if gone {
+            // The local side is gone without saying so: abort the stream.
+            self.streams.remove(&stream);
+            self.mux.reset(stream, ResetCode::Cancelled);
+        }
+    }
+
+    fn dispatch_events(&mut self) {
+        while let Some(event) = self.mux.poll_event() {
+            match event {
+                Event::Opened { stream, service } => self.on_opened(stream, &service),
+                Event::OpenOk { stream } => self.deliver(stream, StreamEvent::OpenOk),
+                Event::OpenErr { stream, code } => {
+                    self.deliver(stream, StreamEvent::OpenErr(code));
+                    self.streams.remove(&stream);
+                }
+                Event::Data { stream, data } => self.deliver(stream, StreamEvent::Data(data)),
+                Event::Fin { stream } => self.deliver(stream, StreamEvent::Fin),
+                Event::Reset { stream, code } => {
+                    self.deliver(stream, StreamEvent::Reset(code));
+                    self.streams.remove(&stream);
+                }
+                Event::Credit { stream, bytes } => {
+                    if let Some(slot) = self.streams.get(&stream) {
+                        slot.credit.add_permits(bytes as usize);
+                    }
+                }
+                Event::Rtt(rtt) => {
+                    tracing::trace!(peer = %self.peer, rtt_us = rtt.as_micros() as u64, "pong");
+                }
+                Event::GoAway { reason } => {
+                    tracing::info!(peer = %self.peer, reason, "peer is going away");
+                }
+                Event::Closed { stream } => {
+                    self.streams.remove(&stream);
+                }
+            }
+        }
+    }
+
+    fn on_opened(&mut self, stream: StreamId, service: &str) {
+        let Some(exits) = self.exits.clone() else {
+            self.mux.refuse(stream, OpenError::UnknownService);
+            return;
+        };
+        let handle = self.new_slot(stream);
+        if let Err(code) = exits.open(&self.peer, service, handle) {
+            tracing::warn!(
+                peer = %self.peer,
+                service,
+                reason = open_error_reason(code),
+                "open refused: {}",
+                open_error_text(code)
+            );
+            self.streams.remove(&stream);
+            self.mux.refuse(stream, code);
+        }
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Open { service, reply } => match self.mux.open(service.as_str()) {
+                Ok(id) => {
+                    let handle = self.new_slot(id);
+                    if reply.send(Ok(handle)).is_err() {
+                        self.streams.remove(&id);
+                        self.mux.reset(id, ResetCode::Cancelled);
+                    }
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(OpenFailure::Refused(e.to_string())));
+                }
+            },
+            Cmd::Accept { stream } => self.mux.accept(stream),
+            Cmd::Refuse { stream, code } => {
+                self.streams.remove(&stream);
+                self.mux.refuse(stream, code);
+            }
+            Cmd::Data { stream, data } => {
+                if let Err(e) = self.mux.send(stream, data) {
+                    if self.streams.remove(&stream).is_some() {
+                        tracing::debug!(peer = %self.peer, stream, error = %e, "send failed");
+                        self.mux.reset(stream, ResetCode::Cancelled);
+                    }
+                }
+            }
+            Cmd::Fin { stream } => self.mux.finish(stream),
+            Cmd::Reset { stream, code } => {
+                self.streams.remove(&stream);
+                self.mux.reset(stream, code);
+            }
+            Cmd::Consumed { stream, n } => self.mux.consumed(stream, n),
+        }
+    }
+}
+
+/// A stable label for a refusal code.
+pub(crate) fn open_error_reason(code: OpenError) -> &'static str {
+    match code {
+        OpenError::UnknownService => "unknown_service",
+        OpenError::NotAllowed => "acl",
+        OpenError::TargetUnreachable => "target_unreachable",
+        OpenError::TooManyStreams => "too_many_streams",
+        OpenError::ShuttingDown => "shutting_down",
+        OpenError::Other(_) => "other",
+    }
+}

@@ -1,0 +1,180 @@
+//! Links: dialing and accepting authenticated connections between peers, the per-link
+//! driver that runs the multiplexer over a socket, and the supervisor that keeps each
+//! needed link up (redial with jittered backoff).
+//!
+//! Byte layouts live in `proto`; this module only moves bytes between sockets, the
+//! record layer and the multiplexer.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::config::{PeerName, ServiceName};
+use crate::proto::frame::{OpenError, ResetCode, StreamId};
+use crate::proto::handshake::{HandshakeError, RecordError};
+use crate::proto::mux::MuxError;
+
+mod accept;
+mod backoff;
+mod dial;
+mod driver;
+pub mod replay;
+
+pub use accept::{serve_mesh, AcceptContext, KnownPeer};
+pub use backoff::{Backoff, BackoffConfig};
+pub use dial::{supervise, DialContext, LinkSlot};
+pub use driver::{Direction, Exits};
+pub use replay::ReplayStore;
+
+/// Why a link ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The socket failed.
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the connection.
+    #[error("closed by peer")]
+    Closed,
+    /// The handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// A record failed to decrypt or was malformed.
+    #[error("record layer: {0}")]
+    Record(#[from] RecordError),
+    /// The peer broke the stream protocol, or stopped answering pings.
+    #[error("protocol: {0}")]
+    Protocol(#[from] MuxError),
+    /// A record length prefix was out of bounds.
+    #[error("record length {0} out of bounds")]
+    RecordLength(usize),
+    /// The link was closed on purpose (shutdown, superseded, reload).
+    #[error("closed locally")]
+    Cancelled,
+    /// No endpoint of the peer could be reached.
+    #[error("no endpoint reachable: {0}")]
+    Unreachable(String),
+}
+
+impl LinkError {
+    /// A stable, low-cardinality label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LinkError::Io(_) => "io",
+            LinkError::Closed => "closed",
+            LinkError::Handshake(e) => e.reason(),
+            LinkError::Record(_) => "decrypt",
+            LinkError::Protocol(MuxError::Dead { .. }) => "ping_timeout",
+            LinkError::Protocol(_) => "protocol",
+            LinkError::RecordLength(_) => "oversized",
+            LinkError::Cancelled => "cancelled",
+            LinkError::Unreachable(_) => "unreachable",
+        }
+    }
+}
+
+/// What a stream's local side hears from the link.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// The remote side connected the service's target.
+    OpenOk,
+    /// The remote side refused the stream.
+    OpenErr(OpenError),
+    /// Bytes for the local socket.
+    Data(Bytes),
+    /// The remote side will send nothing more.
+    Fin,
+    /// The remote side aborted the stream.
+    Reset(ResetCode),
+}
+
+/// Commands from stream tasks to their link's driver.
+#[derive(Debug)]
+pub(crate) enum Cmd {
+    /// Open a stream (dialer side).
+    Open {
+        service: ServiceName,
+        reply: oneshot::Sender<Result<StreamHandle, OpenFailure>>,
+    },
+    /// The exit connected its target.
+    Accept { stream: StreamId },
+    /// The exit could not connect its target.
+    Refuse { stream: StreamId, code: OpenError },
+    /// Bytes from the local socket (always within the stream's credit).
+    Data { stream: StreamId, data: Bytes },
+    /// The local socket reached end of stream.
+    Fin { stream: StreamId },
+    /// The local socket failed; abort the stream.
+    Reset { stream: StreamId, code: ResetCode },
+    /// The local socket accepted `n` bytes: return that much credit to the peer.
+    Consumed { stream: StreamId, n: usize },
+}
+
+/// Why a stream could not be opened on a link.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum OpenFailure {
+    /// The link is gone.
+    #[error("link is down")]
+    LinkDown,
+    /// The link refuses new streams (limit reached, or it is going away).
+    #[error("link refuses new streams: {0}")]
+    Refused(String),
+}
+
+/// The local side's handle on one stream: its id, the events for it, and its send credit.
+pub struct StreamHandle {
+    /// The stream id on its link.
+    pub id: StreamId,
+    /// Events from the peer, in order.
+    pub events: mpsc::UnboundedReceiver<StreamEvent>,
+    /// Bytes this side may still send; the driver adds permits as WINDOW frames arrive and
+    /// closes it when the link dies.
+    pub credit: Arc<Semaphore>,
+    pub(crate) cmds: mpsc::Sender<Cmd>,
+}
+
+impl fmt::Debug for StreamHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamHandle").field("id", &self.id).finish()
+    }
+}
+
+/// A droppable handle on a running link, used to open streams on it.
+#[derive(Clone)]
+pub struct LinkHandle {
+    peer: PeerName,
+    cmds: mpsc::Sender<Cmd>,
+}
+
+impl fmt::Debug for LinkHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkHandle").field("peer", &self.peer).finish()
+    }
+}
+
+impl LinkHandle {
+    /// The peer at the other end.
+    pub fn peer(&self) -> &PeerName {
+        &self.peer
+    }
+
+    /// True once the link's driver has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.cmds.is_closed()
+    }
+
+    /// Opens a stream to `service` on the peer. Returns at once: the OPEN frame is queued
+    /// and data sent right away travels with it (zero extra round trips).
+    pub async fn open(&self, service: &ServiceName) -> Result<StreamHandle, OpenFailure> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Open {
+                service: service.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| OpenFailure::LinkDown)?;
+        rx.await.map_err(|_| OpenFailure::LinkDown)?
+    }
+}
