@@ -1,7 +1,23 @@
-//! meshd: forwards TCP streams between servers over authenticated, encrypted, multiplexed
-//! links.
+//! meshd forwards TCP streams between servers over authenticated, encrypted, multiplexed
+//! links. One stream's path through the modules:
+//!
+//! - `config` loads the host config and the manifest and validates them before anything
+//!   is bound;
+//! - `forward` (entrance) accepts a local connection on a `[[forwards]]` address;
+//! - `link` (dial) keeps the link to the forward's peer up; `proto::handshake`
+//!   authenticated it with a key from `keys`;
+//! - `proto::mux` opens a stream on that link, and the link driver sends its OPEN and first
+//!   bytes in one record;
+//! - on the other peer, `link` (accept) runs the same driver, and `forward` (exit) checks
+//!   the service's allow list and connects the target;
+//! - `forward` (splice) copies bytes both ways within each stream's credit until both
+//!   sides have half-closed, or resets the local socket when the stream is aborted;
+//! - `daemon` wires these together and drains them on shutdown.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod daemon;
+pub mod forward;
 pub mod keys;
+pub mod link;
 pub mod proto;

@@ -163,6 +163,8 @@ impl Driver {
             if let Err(e) = self.fill_write_buffer() {
                 return e;
             }
+            // Writing our FIN can complete a stream: its Closed event comes from poll_transmit.
+            self.dispatch_events();
             let deadline = self.mux.poll_timeout();
             let timer = async move {
                 match deadline {
