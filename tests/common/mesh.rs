@@ -104,7 +104,7 @@ impl MeshSpec {
             quote(&self.mesh_id),
             quote(&self.auth)
         );
-        for extra in &self.extra {
+        for extra in self.extra.iter().filter(|e| !e.trim().is_empty()) {
             s.push('\n');
             s.push_str(extra.trim_end());
             s.push('\n');

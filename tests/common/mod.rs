@@ -5,6 +5,7 @@
 //! Each test binary uses a subset of these helpers, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod client;
 pub mod data;
 pub mod mesh;
 pub mod pg;
