@@ -607,8 +607,9 @@ impl TestMesh {
 
     /// Waits until one line of `name`'s current run contains every one of `needles`, and
     /// returns it; panics with the log after `timeout`.
+    /// Fails at once if that daemon exits meanwhile.
     pub async fn wait_for_log_line(
-        &self,
+        &mut self,
         name: &str,
         needles: &[&str],
         timeout: Duration,
@@ -617,6 +618,14 @@ impl TestMesh {
         loop {
             if let Some(line) = self.find_log_line(name, needles) {
                 return line;
+            }
+            if let Some(child) = &mut self.host_mut(name).child {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "{name} exited ({status}) while waiting for a line with {needles:?}; log:\n{}",
+                        self.current_log(name)
+                    );
+                }
             }
             if Instant::now() >= deadline {
                 panic!(
@@ -629,12 +638,12 @@ impl TestMesh {
     }
 
     /// Waits until `name`'s current run logged `needle`.
-    pub async fn wait_for_log(&self, name: &str, needle: &str, timeout: Duration) -> String {
+    pub async fn wait_for_log(&mut self, name: &str, needle: &str, timeout: Duration) -> String {
         self.wait_for_log_line(name, &[needle], timeout).await
     }
 
     /// Waits until `name` logs `link up` with `peer=PEER` on one line.
-    pub async fn wait_link_up(&self, name: &str, peer: &str, timeout: Duration) {
+    pub async fn wait_link_up(&mut self, name: &str, peer: &str, timeout: Duration) {
         let peer_field = format!("peer={peer}");
         self.wait_for_log_line(name, &["link up", &peer_field], timeout)
             .await;
