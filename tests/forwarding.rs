@@ -75,13 +75,19 @@ async fn postgres_10000_rows_through_forward() {
     let target = SocketAddr::from(([127, 0, 0, 1], pg.port()));
     let mesh = two_peers(target).await;
     let forward = mesh.forward_addr("b", "a/svc");
-    let (mut client, connection) = common::within(
-        Duration::from_secs(20),
-        "connect to postgres through the forward",
-        tokio_postgres::connect(
-            &PgServer::conn_string("127.0.0.1", forward.port()),
-            tokio_postgres::NoTls,
-        ),
+    common::within(
+        Duration::from_secs(180),
+        "a postgres session through the forward",
+        postgres_session(forward),
+    )
+    .await;
+}
+
+/// Creates a table, inserts 10,000 rows in one transaction and reads them all back.
+async fn postgres_session(forward: SocketAddr) {
+    let (mut client, connection) = tokio_postgres::connect(
+        &PgServer::conn_string("127.0.0.1", forward.port()),
+        tokio_postgres::NoTls,
     )
     .await
     .expect("connect through forward");
@@ -193,14 +199,14 @@ async fn sixty_four_streams_of_16_mib_sha256_equal() {
             })
         })
         .collect();
-    let mut sent = Vec::new();
-    for sender in senders {
-        sent.push(
-            common::within(Duration::from_secs(600), "64 senders", sender)
-                .await
-                .expect("sender"),
-        );
-    }
+    let mut sent = common::within(Duration::from_secs(600), "64 senders", async {
+        let mut sent = Vec::new();
+        for sender in senders {
+            sent.push(sender.await.expect("sender"));
+        }
+        sent
+    })
+    .await;
     let mut received = Vec::new();
     for _ in 0..64 {
         let got = sink.next_result(Duration::from_secs(300)).await;
@@ -264,4 +270,35 @@ async fn five_hundred_concurrent_short_connections() {
         failures.len(),
         &failures[..failures.len().min(5)]
     );
+}
+
+/// Echo through a two-peer mesh built by `builder` (a exports `svc`, b forwards to it).
+async fn echo_with(builder: common::mesh::TestMeshBuilder, echo: &EchoServer) {
+    let mut mesh = builder
+        .service("a", "svc", echo.addr(), &["b"])
+        .forward("b", "a/svc")
+        .build();
+    mesh.start("a");
+    mesh.start("b");
+    mesh.wait_link_up("b", "a", LINK_UP).await;
+    let payload = XorShift::new(5).bytes(64 * 1024);
+    common::client::echo_exact(
+        mesh.forward_addr("b", "a/svc"),
+        &payload,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("echo through the forward");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noise_with_mesh_secret_forwards() {
+    let echo = EchoServer::start().await;
+    echo_with(TestMesh::builder().auth("noise").mesh_secret(), &echo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psk_mode_forwards() {
+    let echo = EchoServer::start().await;
+    echo_with(TestMesh::builder().auth("psk").mesh_secret(), &echo).await;
 }
