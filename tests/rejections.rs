@@ -1,0 +1,157 @@
+//! What meshd refuses: configs that would expose a forward, links with a wrong key or an
+//! unknown name, streams to a service the peer may not open or that does not exist. For
+//! each refused stream the target (a `CountingServer`) must see no connection and no byte.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use common::client::{echo_exact, expect_rejected};
+use common::mesh::TestMesh;
+use common::servers::{CountingServer, EchoServer};
+
+const LINK_UP: Duration = Duration::from_secs(10);
+const LOG: Duration = Duration::from_secs(10);
+const CLOSE: Duration = Duration::from_secs(15);
+const PROBE: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
+
+fn assert_untouched(target: &CountingServer) {
+    assert_eq!(
+        (target.connections(), target.bytes()),
+        (0, 0),
+        "the target saw (connections, bytes) through a refused stream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exposure_guard_refuses_a_non_public_forward_on_all_addresses() {
+    let echo = EchoServer::start().await;
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let listen = SocketAddr::new(any, common::free_port_on(any));
+    let mut mesh = TestMesh::builder()
+        .service("a", "svc", echo.addr(), &["b"])
+        .forward_at("b", listen, "a/svc", false)
+        .build();
+    let (status, output) = mesh.run_to_exit("b", Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(64), "exit status; output:\n{output}");
+    assert!(
+        output.contains("forwards[0]"),
+        "the error names the forward:\n{output}"
+    );
+    assert!(
+        output.contains("b.toml"),
+        "the error names the file:\n{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exposure_guard_accepts_a_public_forward() {
+    let echo = EchoServer::start().await;
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let port = common::free_port_on(any);
+    let mut mesh = TestMesh::builder()
+        .service("a", "svc", echo.addr(), &["b"])
+        .forward_at("b", SocketAddr::new(any, port), "a/svc", true)
+        .build();
+    mesh.start("a");
+    mesh.start("b");
+    mesh.wait_link_up("b", "a", LINK_UP).await;
+    let local = SocketAddr::from(([127, 0, 0, 1], port));
+    echo_exact(local, b"public forward ok", Duration::from_secs(10))
+        .await
+        .expect("echo through the public forward");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_is_rejected_at_the_handshake() {
+    let target = CountingServer::start().await;
+    let mut mesh = TestMesh::builder()
+        .service("a", "svc", target.addr(), &["b"])
+        .forward("b", "a/svc")
+        .build();
+    mesh.replace_key("b");
+    mesh.start("a");
+    mesh.start("b");
+    mesh.wait_for_log_line("a", &["handshake rejected", "reason="], LOG)
+        .await;
+    let forward = mesh.forward_addr("b", "a/svc");
+    expect_rejected(forward, PROBE, CLOSE, "stream without a link").await;
+    assert!(
+        mesh.find_log_line("b", &["link up"]).is_none(),
+        "b brought a link up with a wrong key:\n{}",
+        mesh.log("b")
+    );
+    assert_untouched(&target);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_peer_is_rejected_at_the_handshake() {
+    let target = CountingServer::start().await;
+    // c knows a and itself; a's manifest has never heard of c.
+    let mut mesh = TestMesh::builder()
+        .peer("b")
+        .service("a", "svc", target.addr(), &["b", "c"])
+        .forward("c", "a/svc")
+        .manifest_override("a", |m| m.remove_peer("c"))
+        .build();
+    mesh.start("a");
+    mesh.start("c");
+    mesh.wait_for_log_line("a", &["handshake rejected", "unknown peer"], LOG)
+        .await;
+    let forward = mesh.forward_addr("c", "a/svc");
+    expect_rejected(forward, PROBE, CLOSE, "stream from an unknown peer").await;
+    assert!(
+        mesh.find_log_line("c", &["link up"]).is_none(),
+        "c brought a link up although a does not know it:\n{}",
+        mesh.log("c")
+    );
+    assert_untouched(&target);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_not_allowed_is_refused_at_open() {
+    let target = CountingServer::start().await;
+    // b's copy says a allows b; a's own copy allows only c (c never runs).
+    let mut mesh = TestMesh::builder()
+        .service("a", "svc", target.addr(), &["b"])
+        .forward("b", "a/svc")
+        .peer("c")
+        .manifest_override("a", |m| {
+            m.peer_mut("a").services.get_mut("svc").expect("svc").allow = vec!["c".into()];
+            m.peer_mut("b").forwards.clear();
+        })
+        .build();
+    mesh.start("a");
+    mesh.start("b");
+    mesh.wait_link_up("b", "a", LINK_UP).await;
+    let forward = mesh.forward_addr("b", "a/svc");
+    expect_rejected(forward, PROBE, CLOSE, "stream to a service b may not open").await;
+    mesh.wait_for_log_line("a", &["open refused", "not allowed"], LOG)
+        .await;
+    assert_untouched(&target);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_service_is_refused_at_open() {
+    let target = CountingServer::start().await;
+    let echo = EchoServer::start().await;
+    // b's copy says a exports `ghost`; a's own copy has no such service.
+    let mut mesh = TestMesh::builder()
+        .service("a", "svc", echo.addr(), &["b"])
+        .service("a", "ghost", target.addr(), &["b"])
+        .forward("b", "a/ghost")
+        .manifest_override("a", |m| {
+            m.peer_mut("a").services.remove("ghost");
+            m.peer_mut("b").forwards.clear();
+        })
+        .build();
+    mesh.start("a");
+    mesh.start("b");
+    mesh.wait_link_up("b", "a", LINK_UP).await;
+    let forward = mesh.forward_addr("b", "a/ghost");
+    expect_rejected(forward, PROBE, CLOSE, "stream to an unknown service").await;
+    mesh.wait_for_log_line("a", &["open refused", "unknown service"], LOG)
+        .await;
+    assert_untouched(&target);
+}

@@ -1,0 +1,128 @@
+//! meshd under hostile input and failures: garbage and truncated handshakes on the mesh
+//! port leave the existing link working; a peer killed and restarted is redialed; SIGTERM
+//! exits cleanly.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use common::client::{echo_exact, expect_closed, expect_rejected};
+use common::data::XorShift;
+use common::mesh::TestMesh;
+use common::servers::EchoServer;
+
+const LINK_UP: Duration = Duration::from_secs(10);
+const ECHO: Duration = Duration::from_secs(10);
+
+/// a exports an echo service to b; b has a forward to it. Both started, link up, echo ok.
+async fn echo_mesh(echo: &EchoServer, mesh_toml: &str) -> TestMesh {
+    let mut mesh = TestMesh::builder()
+        .mesh_toml(mesh_toml)
+        .service("a", "echo", echo.addr(), &["b"])
+        .forward("b", "a/echo")
+        .build();
+    mesh.start("a");
+    mesh.start("b");
+    mesh.wait_link_up("b", "a", LINK_UP).await;
+    echo_exact(mesh.forward_addr("b", "a/echo"), b"before", ECHO)
+        .await
+        .expect("echo through the link");
+    mesh
+}
+
+/// The cleartext preamble: magic, version, mode (1 noise, 2 psk), name length, reserved,
+/// name zero-padded to 64 bytes.
+fn preamble(mode: u8, name: &str) -> Vec<u8> {
+    let mut p = b"MSHD".to_vec();
+    p.extend_from_slice(&[1, mode, name.len() as u8, 0]);
+    let mut padded = [0u8; 64];
+    padded[..name.len()].copy_from_slice(name.as_bytes());
+    p.extend_from_slice(&padded);
+    assert_eq!(p.len(), 72);
+    p
+}
+
+async fn connect(addr: SocketAddr) -> TcpStream {
+    TcpStream::connect(addr)
+        .await
+        .expect("connect to the mesh port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_on_the_mesh_port_is_cut_and_the_link_survives() {
+    let echo = EchoServer::start().await;
+    let mut mesh = echo_mesh(&echo, "[limits]\nhandshake_timeout_ms = 1000").await;
+    let a = mesh.mesh_addr("a");
+
+    // 1. Garbage: closed at once.
+    let mut s = connect(a).await;
+    let _ = s.write_all(&XorShift::new(666).bytes(4096)).await;
+    expect_closed(&mut s, Duration::from_secs(2), "4 KiB of garbage").await;
+
+    // 2. A valid preamble, then a truncated handshake message, then EOF.
+    let mut s = connect(a).await;
+    let mut msg = preamble(1, "b");
+    msg.extend_from_slice(&96u16.to_be_bytes());
+    msg.extend_from_slice(&XorShift::new(7).bytes(20));
+    s.write_all(&msg).await.expect("write truncated handshake");
+    s.shutdown().await.expect("half-close");
+    expect_closed(&mut s, Duration::from_secs(3), "a truncated handshake").await;
+
+    // 3. A preamble and a maximal length prefix, then silence: cut by the deadline.
+    let mut s = connect(a).await;
+    let mut msg = preamble(1, "b");
+    msg.extend_from_slice(&[0xFF, 0xFF]);
+    s.write_all(&msg).await.expect("write length prefix");
+    expect_closed(&mut s, Duration::from_secs(6), "a stalled handshake").await;
+
+    echo_exact(mesh.forward_addr("b", "a/echo"), b"after bad input", ECHO)
+        .await
+        .expect("echo through the existing link after bad input");
+    assert!(mesh.is_running("a"), "a died:\n{}", mesh.log("a"));
+    assert!(mesh.is_running("b"), "b died:\n{}", mesh.log("b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_peer_is_redialed_after_restart() {
+    let echo = EchoServer::start().await;
+    let mut mesh = echo_mesh(&echo, "").await;
+    let forward = mesh.forward_addr("b", "a/echo");
+
+    mesh.kill("a");
+    expect_rejected(forward, b"while a is down", ECHO, "stream while a is down").await;
+
+    mesh.start("a");
+    common::wait_until_async(
+        Duration::from_secs(15),
+        "an echo through b's forward after a restarted",
+        || async {
+            echo_exact(forward, b"after restart", Duration::from_secs(2))
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    assert!(mesh.is_running("b"), "b died:\n{}", mesh.log("b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_zero() {
+    let echo = EchoServer::start().await;
+    let mut mesh = echo_mesh(&echo, "").await;
+    let status = mesh.stop("b").await;
+    assert!(
+        status.success(),
+        "b exited with {status}:\n{}",
+        mesh.log("b")
+    );
+    let status = mesh.stop("a").await;
+    assert!(
+        status.success(),
+        "a exited with {status}:\n{}",
+        mesh.log("a")
+    );
+}
