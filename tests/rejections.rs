@@ -69,11 +69,28 @@ async fn wrong_key_is_rejected_at_the_handshake() {
     let mut mesh = TestMesh::builder()
         .service("a", "svc", target.addr(), &["b"])
         .forward("b", "a/svc")
+        .manifest_override("b", |_| {})
         .build();
-    mesh.replace_key("b");
+    // b got a new key and its own manifest copy says so (its config is valid), but a's
+    // manifest still lists the old key: a must refuse b's handshake.
+    let new_key = mesh.replace_key("b");
+    let b_file = mesh.manifest_dir_of("b").join("b.toml");
+    let text = std::fs::read_to_string(&b_file).expect("read b.toml");
+    let rewritten: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("public_key") {
+                format!("public_key = \"{}\"\n", new_key.to_base64())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    assert_ne!(text, rewritten, "b.toml has no public_key line");
+    std::fs::write(&b_file, rewritten).expect("write b.toml");
     mesh.start("a");
     mesh.start("b");
-    mesh.wait_for_log_line("a", &["handshake rejected", "reason="], LOG)
+    mesh.wait_for_log_line("a", &["handshake rejected", "reason=\"wrong_key\""], LOG)
         .await;
     let forward = mesh.forward_addr("b", "a/svc");
     expect_rejected(forward, PROBE, CLOSE, "stream without a link").await;
