@@ -172,3 +172,120 @@ async fn unknown_service_is_refused_at_open() {
         .await;
     assert_untouched(&target);
 }
+
+/// Relays one connection from `listener` to `upstream` and hands back the first bytes the
+/// client sent (the dialer's preamble and msg1).
+async fn capture_first_flight(
+    listener: tokio::net::TcpListener,
+    upstream: SocketAddr,
+    want: usize,
+) -> (Vec<u8>, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client, _) = listener.accept().await.expect("accept dialer");
+    let mut first = vec![0u8; want];
+    client
+        .read_exact(&mut first)
+        .await
+        .expect("read first flight");
+    let mut server = tokio::net::TcpStream::connect(upstream)
+        .await
+        .expect("connect acceptor");
+    server
+        .write_all(&first)
+        .await
+        .expect("forward first flight");
+    let relay = tokio::spawn(async move {
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    });
+    (first, relay)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_handshake_is_rejected_even_after_restart() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = EchoServer::start().await;
+    // b dials a through a relay owned by the test, which records b's first flight.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind relay");
+    let relay_addr = relay.local_addr().expect("relay addr");
+    let mut mesh = TestMesh::builder()
+        .service("a", "svc", echo.addr(), &["b"])
+        .forward("b", "a/svc")
+        .manifest_override("b", move |m| m.peer_mut("a").endpoint = relay_addr)
+        .build();
+    mesh.start("a");
+    mesh.start("b");
+    // preamble (72) + u16 length + IKpsk2 msg1 (32 e + 48 s + 8 timestamp + 16 tag = 104).
+    let (first, _relay_task) = common::within(
+        Duration::from_secs(10),
+        "b dialing through the relay",
+        capture_first_flight(relay, mesh.mesh_addr("a"), 72 + 2 + 104),
+    )
+    .await;
+    assert_eq!(&first[..4], b"MSHD");
+    mesh.wait_link_up("b", "a", LINK_UP).await;
+
+    let replay = |addr: SocketAddr, first: Vec<u8>| async move {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect a");
+        s.write_all(&first).await.expect("send replay");
+        let mut buf = [0u8; 64];
+        // a must close without answering msg2.
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("a kept a replayed handshake open")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "a answered a replayed handshake");
+    };
+    replay(mesh.mesh_addr("a"), first.clone()).await;
+    mesh.wait_for_log_line("a", &["handshake rejected", "reason=\"replay\""], LOG)
+        .await;
+
+    // The high-water mark survives a restart of the acceptor.
+    mesh.kill("a");
+    mesh.start("a");
+    mesh.wait_for_log("a", "meshd ready", LOG).await;
+    replay(mesh.mesh_addr("a"), first).await;
+    mesh.wait_for_log_line("a", &["handshake rejected", "reason=\"replay\""], LOG)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psk_mode_with_another_mesh_secret_is_rejected() {
+    let target = CountingServer::start().await;
+    let mut mesh = TestMesh::builder()
+        .auth("psk")
+        .mesh_secret()
+        .service("a", "svc", target.addr(), &["b"])
+        .forward("b", "a/svc")
+        .build();
+    // b runs with a different mesh secret file.
+    let other = mesh.dir().join("other.secret");
+    meshd::keys::create_mesh_secret_file(&other).expect("other secret");
+    let cfg_path = mesh.host_config_path("b");
+    let cfg = std::fs::read_to_string(&cfg_path).expect("read b config");
+    let cfg: String = cfg
+        .lines()
+        .map(|l| {
+            if l.starts_with("mesh_secret") {
+                format!("mesh_secret = {:?}\n", other.to_str().expect("utf-8"))
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    assert!(
+        cfg.contains("other.secret"),
+        "b's config has no mesh_secret line"
+    );
+    std::fs::write(&cfg_path, cfg).expect("write b config");
+    mesh.start("a");
+    mesh.start("b");
+    mesh.wait_for_log_line("a", &["handshake rejected", "reason=\"decrypt\""], LOG)
+        .await;
+    let forward = mesh.forward_addr("b", "a/svc");
+    expect_rejected(forward, PROBE, CLOSE, "stream over a wrong psk").await;
+    assert_untouched(&target);
+}

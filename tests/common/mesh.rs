@@ -500,6 +500,27 @@ impl TestMesh {
         self.host_mut(name).child = Some(child);
     }
 
+    /// The PID of `name`'s running daemon.
+    pub fn pid(&mut self, name: &str) -> Option<u32> {
+        if !self.is_running(name) {
+            return None;
+        }
+        self.host_mut(name).child.as_ref().map(|c| c.id())
+    }
+
+    /// Resident memory of `name`'s daemon in KiB (VmRSS from /proc).
+    pub fn rss_kib(&mut self, name: &str) -> u64 {
+        let pid = self
+            .pid(name)
+            .unwrap_or_else(|| panic!("{name} is not running"));
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS line")
+    }
+
     /// Starts every daemon, in name order.
     pub fn start_all(&mut self) {
         let names: Vec<String> = self.hosts.keys().cloned().collect();
