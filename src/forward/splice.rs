@@ -5,8 +5,11 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::cell::RefCell;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
 use crate::link::{Cmd, StreamEvent, StreamHandle};
@@ -48,12 +51,11 @@ pub async fn splice(socket: TcpStream, handle: StreamHandle) -> SpliceEnd {
         credit,
         cmds,
     } = handle;
-    let (mut rd, mut wr) = socket.into_split();
+    let (rd, mut wr) = socket.into_split();
     let mut sent = 0u64;
     let mut received = 0u64;
 
     let up = async {
-        let mut buf = BytesMut::with_capacity(CHUNK);
         loop {
             // Read only what the peer has room for, so nothing waits here unsent.
             let first = credit
@@ -62,14 +64,17 @@ pub async fn splice(socket: TcpStream, handle: StreamHandle) -> SpliceEnd {
                 .map_err(|_| Abort::Remote("link lost".into()))?;
             first.forget();
             let room = (credit.available_permits() + 1).min(CHUNK);
-            if buf.capacity() < room {
-                buf.reserve(CHUNK);
-            }
-            buf.resize(room, 0);
-            let n = match rd.read(&mut buf[..room]).await {
-                Ok(n) => n,
-                Err(e) => return Err(Abort::Local(format!("local read: {e}"))),
+            let data = loop {
+                if let Err(e) = rd.readable().await {
+                    return Err(Abort::Local(format!("local read: {e}")));
+                }
+                match read_chunk(&rd, room) {
+                    Ok(data) => break data,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(Abort::Local(format!("local read: {e}"))),
+                }
             };
+            let n = data.len();
             if n == 0 {
                 credit.add_permits(1);
                 cmds.send(Cmd::Fin { stream: id })
@@ -83,8 +88,6 @@ pub async fn splice(socket: TcpStream, handle: StreamHandle) -> SpliceEnd {
                     Err(_) => return Err(Abort::Remote("link lost".into())),
                 }
             }
-            buf.truncate(n);
-            let data = buf.split().freeze();
             sent += n as u64;
             cmds.send(Cmd::Data { stream: id, data })
                 .await
@@ -145,6 +148,22 @@ pub async fn splice(socket: TcpStream, handle: StreamHandle) -> SpliceEnd {
             SpliceEnd::Aborted { why }
         }
     }
+}
+
+thread_local! {
+    /// One read buffer per runtime thread instead of one per connection: an idle
+    /// forwarded connection then holds no buffer at all.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0u8; CHUNK]);
+}
+
+/// Reads at most `room` bytes that are ready on `rd` into a new buffer of exactly the
+/// size read. `Ok` of an empty buffer is end of stream.
+fn read_chunk(rd: &OwnedReadHalf, room: usize) -> std::io::Result<Bytes> {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let n = rd.try_read(&mut scratch[..room])?;
+        Ok(Bytes::copy_from_slice(&scratch[..n]))
+    })
 }
 
 /// Drops a socket with SO_LINGER 0, so the other end sees a TCP reset, not a clean end.
