@@ -126,3 +126,87 @@ async fn sigterm_exits_zero() {
         mesh.log("a")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_does_not_stall_other_streams_of_the_link() {
+    use common::servers::SinkServer;
+    let echo = EchoServer::start().await;
+    let mut sink = SinkServer::start().await;
+    let mut mesh = TestMesh::builder()
+        .service("a", "echo", echo.addr(), &["b"])
+        .service("a", "sink", sink.addr(), &["b"])
+        .forward("b", "a/echo")
+        .forward("b", "a/sink")
+        .build();
+    mesh.start("a");
+    mesh.start("b");
+    mesh.wait_link_up("b", "a", LINK_UP).await;
+
+    // Stream 1 sends up to 128 MiB (more than every socket buffer on the path can hold) to the echo service and never reads the echo: its window fills
+    // at every hop and the stream stalls, with the writer blocked.
+    let mut stalled = TcpStream::connect(mesh.forward_addr("b", "a/echo"))
+        .await
+        .expect("connect echo forward");
+    let blocked = tokio::spawn(async move {
+        let chunk = vec![7u8; 64 * 1024];
+        let mut written = 0usize;
+        while written < 128 << 20 {
+            if stalled.write_all(&chunk).await.is_err() {
+                break;
+            }
+            written += chunk.len();
+        }
+        (written, stalled)
+    });
+
+    // Stream 2 on the same link still carries 64 MiB intact.
+    let mut s = TcpStream::connect(mesh.forward_addr("b", "a/sink"))
+        .await
+        .expect("connect sink forward");
+    let sent = common::within(
+        Duration::from_secs(60),
+        "64 MiB beside a stalled stream",
+        common::data::send_random(&mut s, 99, 64 << 20),
+    )
+    .await
+    .expect("send");
+    let got = sink.next_result(Duration::from_secs(60)).await;
+    assert_eq!(got.digest.bytes, sent.bytes);
+    assert_eq!(got.digest.sha256, sent.sha256);
+    assert!(
+        !blocked.is_finished(),
+        "the stalled writer finished: flow control did not hold it back"
+    );
+    blocked.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_by_a_dead_link_reaches_the_client_as_a_reset() {
+    use tokio::io::AsyncReadExt;
+    let echo = EchoServer::start().await;
+    let mut mesh = echo_mesh(&echo, "").await;
+    let mut s = TcpStream::connect(mesh.forward_addr("b", "a/echo"))
+        .await
+        .expect("connect");
+    s.write_all(b"mid-transfer").await.expect("write");
+    let mut back = [0u8; 12];
+    common::within(ECHO, "echo before the cut", s.read_exact(&mut back))
+        .await
+        .expect("read echo");
+    mesh.kill("a");
+    let mut buf = [0u8; 64];
+    let r = common::within(
+        Duration::from_secs(10),
+        "the cut to reach the client",
+        s.read(&mut buf),
+    )
+    .await;
+    match r {
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "expected a TCP reset, got {e}"
+        ),
+        Ok(n) => panic!("the client saw a clean read of {n} bytes instead of a reset"),
+    }
+}
