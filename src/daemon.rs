@@ -41,12 +41,7 @@ pub enum DaemonError {
 /// The psk slot of a pair: the mesh-secret pair key when a secret is configured, else a
 /// value derived from public data only, which adds no secrecy (`psk` mode requires a
 /// secret; validation enforces it).
-pub fn pair_psk(
-    mesh_id: &str,
-    secret: Option<&MeshSecret>,
-    a: &PeerName,
-    b: &PeerName,
-) -> PairKey {
+pub fn pair_psk(mesh_id: &str, secret: Option<&MeshSecret>, a: &PeerName, b: &PeerName) -> PairKey {
     let public_only = MeshSecret::from_bytes([0u8; 32]);
     let secret = secret.unwrap_or(&public_only);
     derive_pair_key(secret, mesh_id, a.as_str(), b.as_str())
@@ -73,13 +68,14 @@ pub async fn start(
     let replay = Arc::new(ReplayStore::open(&cfg.host.state_dir)?);
     let tracker = TaskTracker::new();
 
-    let mesh_listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| DaemonError::Bind {
-            what: "mesh listener".into(),
-            addr: cfg.listen,
-            source,
-        })?;
+    let mesh_listener =
+        TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                what: "mesh listener".into(),
+                addr: cfg.listen,
+                source,
+            })?;
     let mut entrances = Vec::new();
     for (i, fwd) in me.forwards.iter().enumerate() {
         let l = TcpListener::bind(fwd.listen)
@@ -180,7 +176,10 @@ pub async fn start(
     let done = tokio::spawn(async move {
         cancel.cancelled().await;
         tracker.close();
-        if tokio::time::timeout(DRAIN_GRACE, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(DRAIN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("streams still open after {DRAIN_GRACE:?}; exiting anyway");
         }
     });

@@ -126,7 +126,9 @@ pub async fn serve_mesh(listener: TcpListener, ctx: Arc<AcceptContext>, cancel: 
 fn log_rejection(remote: SocketAddr, err: &LinkError) {
     let peer = match err {
         LinkError::Handshake(
-            HandshakeError::UnknownPeer(p) | HandshakeError::WrongKey(p) | HandshakeError::Replay(p),
+            HandshakeError::UnknownPeer(p)
+            | HandshakeError::WrongKey(p)
+            | HandshakeError::Replay(p),
         ) => p.as_str(),
         _ => "",
     };

@@ -58,7 +58,8 @@ async fn stand_in(service: &str, owner: &str) -> Result<SocketAddr> {
                         .next()
                         .unwrap_or("")
                         .to_owned();
-                    let body = format!("hello from {banner}, reached through meshd; you asked: {first}\n");
+                    let body =
+                        format!("hello from {banner}, reached through meshd; you asked: {first}\n");
                     let reply = format!(
                         "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
                         body.len()
@@ -147,7 +148,12 @@ async fn demo(manifest_dir: Option<PathBuf>, keep: bool) -> Result<()> {
     for cfg in configs {
         let me = cfg.me().clone();
         for (name, svc) in &me.services {
-            println!("  {}/{name:<10} exported to {:?}, stand-in at {}", me.name, svc.allow.iter().map(|p| p.as_str()).collect::<Vec<_>>(), svc.target);
+            println!(
+                "  {}/{name:<10} exported to {:?}, stand-in at {}",
+                me.name,
+                svc.allow.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+                svc.target
+            );
         }
         let (bound, handle) = meshd::daemon::start(cfg, cancel.clone())
             .await
@@ -162,7 +168,11 @@ async fn demo(manifest_dir: Option<PathBuf>, keep: bool) -> Result<()> {
     for (from, to, addr) in &routes {
         match exchange(to, *addr).await {
             Ok((sent, got)) => {
-                println!("{from} -> {to} via {addr}\n  sent:     {}\n  received: {}\n", sent.trim_end(), got.trim_end().replace('\n', "\n            "));
+                println!(
+                    "{from} -> {to} via {addr}\n  sent:     {}\n  received: {}\n",
+                    sent.trim_end(),
+                    got.trim_end().replace('\n', "\n            ")
+                );
             }
             Err(e) => {
                 failures += 1;
