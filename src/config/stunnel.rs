@@ -1217,7 +1217,7 @@ fn psk_checks(
                     },
                 };
                 let tunnel = match reaches.get(&(hi, si)) {
-                    Some(&s) => format!("{}/[{}]", hosts[servers[s].host].name, servers[s].section),
+                    Some(&s) => format!("{}/{}", hosts[servers[s].host].name, servers[s].service),
                     None => own.clone(),
                 };
                 uses.entry(identity).or_default().push((
@@ -1227,7 +1227,7 @@ fn psk_checks(
                 ));
             } else {
                 let tunnel = match server_of.get(&(hi, si)) {
-                    Some(&s) => format!("{}/[{}]", hosts[servers[s].host].name, servers[s].section),
+                    Some(&s) => format!("{}/{}", hosts[servers[s].host].name, servers[s].service),
                     None => own.clone(),
                 };
                 for (id, _) in &file.entries {
@@ -1262,8 +1262,12 @@ fn psk_checks(
         if why.is_empty() {
             continue;
         }
-        let mut places: Vec<&str> = list.iter().map(|(_, _, d)| d.as_str()).collect();
-        places.dedup();
+        let mut seen = HashSet::new();
+        let places: Vec<&str> = list
+            .iter()
+            .map(|(_, _, d)| d.as_str())
+            .filter(|d| seen.insert(*d))
+            .collect();
         findings.push(finding(
             FindingKind::PskIdentityReused,
             None,
@@ -1576,6 +1580,62 @@ mod tests {
         assert_eq!(service_name("_x"), "x");
         assert_eq!(service_name("éé"), "service");
         assert!(ServiceName::new(&service_name(&"a".repeat(100))).is_ok());
+    }
+
+    #[test]
+    fn import_edge_cases_never_yield_an_invalid_draft() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        fs::write(
+            d.join("a.conf"),
+            "[Redis]\naccept = 6380\nconnect = 6379\n[redis]\naccept = 6381\nconnect = 6379\n\
+             [sock]\naccept = 3307\nconnect = /run/mysqld/mysqld.sock\n\
+             [self]\nclient = yes\naccept = 127.0.0.1:1\nconnect = a:6380\n",
+        )
+        .expect("write");
+        fs::write(
+            d.join("b.conf"),
+            "client = yes\n[r1]\naccept = [::1]:7000\nconnect = a:6381\n\
+             [r2]\naccept = ::1:7000\nconnect = A.:6380\n",
+        )
+        .expect("write");
+        let host = |n: &str| HostInput {
+            name: PeerName::new(n).expect("name"),
+            file: d.join(format!("{n}.conf")),
+            addrs: Vec::new(),
+        };
+        let draft = import(&[host("a"), host("b")], "t").expect("import");
+        let a = &draft.peers[&PeerName::new("a").expect("name")];
+        assert!(
+            a.contains("[services.redis]\ntarget = \"127.0.0.1:6379\""),
+            "{a}"
+        );
+        assert!(a.contains("[services.redis-2]"), "{a}");
+        assert!(!a.contains("[services.sock]"), "{a}");
+        assert!(
+            !a.contains("[[forwards]]"),
+            "no forward to its own host: {a}"
+        );
+        let b = &draft.peers[&PeerName::new("b").expect("name")];
+        assert_eq!(b.matches("[[forwards]]").count(), 1, "{b}");
+        assert!(b.contains("to = \"a/redis-2\""), "{b}");
+        let codes: Vec<&str> = draft.findings.iter().map(|f| f.kind.code()).collect();
+        assert!(codes.contains(&"duplicate-section"), "{codes:?}");
+        let not_mapped: Vec<String> = draft
+            .findings
+            .iter()
+            .filter(|f| f.kind == FindingKind::NotMapped)
+            .map(|f| f.message.clone())
+            .collect();
+        for needle in ["Unix socket", "own host", "listens on [::1]:7000"] {
+            assert!(
+                not_mapped.iter().any(|m| m.contains(needle)),
+                "{needle}: {not_mapped:#?}"
+            );
+        }
+        for text in draft.peers.values() {
+            let _: toml::Value = toml::from_str(text).expect("drafted TOML parses");
+        }
     }
 
     #[test]
