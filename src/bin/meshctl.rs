@@ -1,8 +1,10 @@
-//! `meshctl`: onboards a server (`add-peer`), checks a manifest as a CI step (`check`) and
-//! prints pair fingerprints for out-of-band verification (`pair`).
+//! `meshctl`: onboards a server (`add-peer`), checks a manifest as a CI step (`check`),
+//! prints pair fingerprints for out-of-band verification (`pair`) and drafts a manifest from
+//! stunnel configurations (`import-stunnel`).
 //!
 //! Exit codes: 0 success, 1 failure (including an invalid manifest), 64 (EX_USAGE) when the
-//! manifest directory cannot be used at all, 2 for command-line mistakes (clap).
+//! manifest directory or the stunnel input cannot be used at all, 2 for command-line
+//! mistakes (clap).
 
 use std::fs;
 use std::io::{self, Write};
@@ -11,6 +13,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use meshd::config::lint::code_of;
+use meshd::config::stunnel::{self, HostInput, ImportError};
 use meshd::config::{self, ConfigError, Diagnostic, HostPort, PeerName};
 use meshd::keys::{self, KeyError, PublicKey};
 
@@ -49,6 +53,23 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Draft a manifest from the stunnel configurations of several hosts, and report what
+    /// is wrong in them or could not be mapped (exit 0 when a draft was written).
+    ImportStunnel {
+        /// A host and its stunnel configuration file; once per host.
+        #[arg(long = "host", value_name = "NAME=FILE", required = true)]
+        hosts: Vec<String>,
+        /// A public DNS name or IP address of a host, to match `connect` lines and to write
+        /// its endpoints; repeatable.
+        #[arg(long = "addr", value_name = "NAME=HOST")]
+        addrs: Vec<String>,
+        /// The directory to write the draft manifest into (created; must be empty).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The mesh id of the draft.
+        #[arg(long, value_name = "ID", default_value = "imported")]
+        mesh_id: String,
+    },
     /// Print the fingerprint of a pair of peers, to compare out of band.
     Pair {
         /// One peer.
@@ -78,6 +99,12 @@ fn main() -> ExitCode {
         } => add_peer(&name, &endpoints, &manifest, &key),
         Command::Check { manifest, format } => check(&manifest, format),
         Command::Pair { a, b, manifest } => pair(&a, &b, &manifest),
+        Command::ImportStunnel {
+            hosts,
+            addrs,
+            out,
+            mesh_id,
+        } => import_stunnel(&hosts, &addrs, &out, &mesh_id),
     };
     match result {
         Ok(code) => code,
@@ -224,10 +251,10 @@ fn check(manifest: &Path, format: Format) -> anyhow::Result<ExitCode> {
     match format {
         Format::Text => {
             for d in &errors {
-                writeln!(stdout, "error: {d}")?;
+                writeln!(stdout, "error: {d} [{}]", code_of(d))?;
             }
             for d in &warnings {
-                writeln!(stdout, "warning: {d}")?;
+                writeln!(stdout, "warning: {d} [{}]", code_of(d))?;
             }
             writeln!(
                 stdout,
@@ -261,6 +288,7 @@ fn plural(n: usize) -> &'static str {
 
 fn diag_json(d: &Diagnostic) -> serde_json::Value {
     serde_json::json!({
+        "code": code_of(d),
         "file": d.file.display().to_string(),
         "line": d.line,
         "field": d.field,
@@ -289,6 +317,78 @@ fn pair(a: &str, b: &str, manifest: &Path) -> anyhow::Result<ExitCode> {
     let fp = keys::pair_fingerprint(&m.mesh.mesh_id, (a.as_str(), &ka), (b.as_str(), &kb));
     let mut stdout = io::stdout().lock();
     writeln!(stdout, "{fp}")?;
+    stdout.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Usage errors of `import-stunnel`: printed once, exit 64.
+fn usage(err: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
+    eprintln!("meshctl: error: {err}");
+    Ok(ExitCode::from(EX_USAGE))
+}
+
+fn import_stunnel(
+    host_args: &[String],
+    addr_args: &[String],
+    out: &Path,
+    mesh_id: &str,
+) -> anyhow::Result<ExitCode> {
+    let mut hosts: Vec<HostInput> = Vec::new();
+    for arg in host_args {
+        match stunnel::parse_name_arg("--host", arg) {
+            Ok((name, file)) => hosts.push(HostInput {
+                name,
+                file: PathBuf::from(file),
+                addrs: Vec::new(),
+            }),
+            Err(e) => return usage(e),
+        }
+    }
+    for arg in addr_args {
+        let (name, addr) = match stunnel::parse_name_arg("--addr", arg) {
+            Ok(v) => v,
+            Err(e) => return usage(e),
+        };
+        match hosts.iter_mut().find(|h| h.name == name) {
+            Some(h) => h.addrs.push(addr),
+            None => return usage(ImportError::AddrForUnknownHost { host: name, addr }),
+        }
+    }
+    // Refuse before reading anything: a draft must never overwrite a real manifest.
+    if out.exists() {
+        let empty = fs::read_dir(out)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            return usage(format!(
+                "{}: exists and is not an empty directory; give --out a new directory",
+                out.display()
+            ));
+        }
+    }
+    let draft = match stunnel::import(&hosts, mesh_id) {
+        Ok(d) => d,
+        Err(e) => return usage(e),
+    };
+    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let write = |name: &str, text: &str| -> anyhow::Result<()> {
+        let path = out.join(name);
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write("mesh.toml", &draft.mesh_toml)?;
+    for (name, text) in &draft.peers {
+        write(&format!("{name}.toml"), text)?;
+    }
+    let report = draft.report(out);
+    write("IMPORT-REPORT.md", &report)?;
+    let mut stdout = io::stdout().lock();
+    stdout.write_all(report.as_bytes())?;
+    writeln!(
+        stdout,
+        "\nwrote {} (this report is also in {})",
+        out.display(),
+        out.join("IMPORT-REPORT.md").display()
+    )?;
     stdout.flush()?;
     Ok(ExitCode::SUCCESS)
 }

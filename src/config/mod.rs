@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use crate::keys::{MeshSecret, PrivateKey, PublicKey};
 
+pub mod lint;
 mod raw;
+pub mod stunnel;
 #[cfg(test)]
 mod tests;
 mod validate;
