@@ -1,8 +1,10 @@
 //! One meshd instance: binds the mesh listener and every entrance of this host, keeps a
-//! link up to each peer it forwards to, serves its exits, and shuts down in order.
-//! Configuration arrives loaded and validated; nothing here parses files.
+//! link up to each peer it forwards to, serves its exits, applies reloads as a difference,
+//! and shuts down in order. Configuration arrives loaded and validated; nothing here
+//! parses files.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +14,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, PeerName};
+use crate::config::{Config, Forward, PeerName};
 use crate::forward::{serve_forward, ExitTable};
 use crate::keys::{derive_pair_key, MeshSecret, PairKey};
-use crate::link::{self, AcceptContext, DialContext, KnownPeer, ReplayStore};
+use crate::link::{
+    self, AcceptContext, AcceptPolicy, DialContext, KnownPeer, LinkHandle, ReplayStore,
+};
 
 /// How long in-flight streams may take to finish after a shutdown request.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -36,6 +40,9 @@ pub enum DaemonError {
     /// The durable handshake state could not be opened.
     #[error(transparent)]
     State(#[from] link::replay::ReplayError),
+    /// A reload asked for a change that needs a restart.
+    #[error("{0} cannot change on reload; restart meshd to apply it")]
+    NeedsRestart(&'static str),
 }
 
 /// The psk slot of a pair: the mesh-secret pair key when a secret is configured, else a
@@ -47,7 +54,7 @@ pub fn pair_psk(mesh_id: &str, secret: Option<&MeshSecret>, a: &PeerName, b: &Pe
     derive_pair_key(secret, mesh_id, a.as_str(), b.as_str())
 }
 
-/// Addresses a running daemon actually bound (useful when the config asked for port 0).
+/// Addresses a running daemon actually bound.
 #[derive(Debug, Clone)]
 pub struct Bound {
     /// The mesh listener.
@@ -56,132 +63,387 @@ pub struct Bound {
     pub forwards: BTreeMap<String, SocketAddr>,
 }
 
-/// Binds every listener (mesh first, then entrances) and starts serving. Returns once
-/// everything is bound; the daemon runs until `cancel` fires, then drains.
-pub async fn start(
+/// What a reload changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Entrances bound.
+    pub forwards_added: usize,
+    /// Entrances closed (their open streams run on).
+    pub forwards_removed: usize,
+    /// Entrances whose target changed on the same address.
+    pub forwards_changed: usize,
+    /// Peers now dialed.
+    pub links_added: usize,
+    /// Dialed links closed (peer removed, or no forward needs it any more).
+    pub links_removed: usize,
+    /// Dialed links re-established (endpoint, key or pair key changed).
+    pub links_rekeyed: usize,
+    /// Inbound links closed because their peer was removed or re-keyed.
+    pub inbound_closed: usize,
+}
+
+impl fmt::Display for ReloadSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "forwards +{} -{} ~{}, dialed links +{} -{} re-keyed {}, inbound links closed {}",
+            self.forwards_added,
+            self.forwards_removed,
+            self.forwards_changed,
+            self.links_added,
+            self.links_removed,
+            self.links_rekeyed,
+            self.inbound_closed
+        )
+    }
+}
+
+struct Entrance {
+    forward: Forward,
+    listener: Arc<TcpListener>,
+    cancel: CancellationToken,
+}
+
+struct Dialer {
+    ctx: Arc<DialContext>,
+    slot: watch::Sender<Option<LinkHandle>>,
+    cancel: CancellationToken,
+    drain: CancellationToken,
+}
+
+/// A running meshd.
+pub struct Daemon {
     cfg: Config,
     cancel: CancellationToken,
-) -> Result<(Bound, tokio::task::JoinHandle<()>), DaemonError> {
-    let me = cfg.me().clone();
-    let mesh = &cfg.manifest.mesh;
-    let limits = mesh.limits.clone();
-    let replay = Arc::new(ReplayStore::open(&cfg.host.state_dir)?);
-    let tracker = TaskTracker::new();
+    tracker: TaskTracker,
+    mesh_addr: SocketAddr,
+    accept: Arc<AcceptContext>,
+    exits: Arc<ExitTable>,
+    entrances: BTreeMap<SocketAddr, Entrance>,
+    dialers: BTreeMap<PeerName, Dialer>,
+}
 
-    let mesh_listener =
-        TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| DaemonError::Bind {
-                what: "mesh listener".into(),
-                addr: cfg.listen,
-                source,
-            })?;
-    let mut entrances = Vec::new();
-    for (i, fwd) in me.forwards.iter().enumerate() {
-        let l = TcpListener::bind(fwd.listen)
-            .await
-            .map_err(|source| DaemonError::Bind {
-                what: format!("forwards[{i}] to {}/{}", fwd.peer, fwd.service),
-                addr: fwd.listen,
-                source,
-            })?;
-        entrances.push((Arc::new(fwd.clone()), l));
+impl fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Daemon")
+            .field("name", &self.cfg.host.name)
+            .field("mesh", &self.mesh_addr)
+            .finish_non_exhaustive()
     }
-    let bound = Bound {
-        mesh: mesh_listener.local_addr().unwrap_or(cfg.listen),
-        forwards: entrances
-            .iter()
-            .map(|(f, l)| {
-                (
-                    format!("{}/{}", f.peer, f.service),
-                    l.local_addr().unwrap_or(f.listen),
-                )
-            })
-            .collect(),
-    };
+}
 
+fn accept_policy(cfg: &Config) -> AcceptPolicy {
+    let mesh = &cfg.manifest.mesh;
+    let me = &cfg.host.name;
     let secret = cfg.mesh_secret.as_ref();
-    let peers: HashMap<PeerName, KnownPeer> = cfg
+    let peers = cfg
         .manifest
         .peers
         .values()
-        .filter(|p| p.name != me.name)
+        .filter(|p| &p.name != me)
         .map(|p| {
             let known = KnownPeer {
                 key: p.public_key,
-                psk: pair_psk(&mesh.mesh_id, secret, &me.name, &p.name),
+                psk: pair_psk(&mesh.mesh_id, secret, me, &p.name),
             };
             (p.name.clone(), known)
         })
-        .collect();
-    let exits = Arc::new(ExitTable::new(me.services.clone(), tracker.clone()));
-    let accept = Arc::new(AcceptContext::new(
-        me.name.clone(),
-        mesh.auth,
-        mesh.mesh_id.clone(),
-        cfg.private_key.clone(),
+        .collect::<HashMap<_, _>>();
+    AcceptPolicy {
+        mode: mesh.auth,
+        mesh_id: mesh.mesh_id.clone(),
+        local_key: cfg.private_key.clone(),
         peers,
-        limits.clone(),
-        replay,
-        exits,
-        tracker.clone(),
-    ));
-    tracker.spawn(link::serve_mesh(mesh_listener, accept, cancel.clone()));
+        limits: mesh.limits.clone(),
+    }
+}
 
-    // One supervised link per peer this host forwards to.
-    let mut slots: BTreeMap<PeerName, watch::Receiver<Option<link::LinkHandle>>> = BTreeMap::new();
+/// One dial context per peer this host forwards to.
+fn dial_contexts(cfg: &Config) -> BTreeMap<PeerName, DialContext> {
+    let mesh = &cfg.manifest.mesh;
+    let me = cfg.me();
+    let mut out = BTreeMap::new();
     for fwd in &me.forwards {
-        if slots.contains_key(&fwd.peer) {
-            continue;
-        }
         let Some(peer) = cfg.manifest.peers.get(&fwd.peer) else {
             continue;
         };
-        let (tx, rx) = watch::channel(None);
-        let ctx = Arc::new(DialContext::new(
-            me.name.clone(),
-            peer.name.clone(),
-            peer.endpoints.clone(),
-            mesh.auth,
-            mesh.mesh_id.clone(),
-            cfg.private_key.clone(),
-            peer.public_key,
-            pair_psk(&mesh.mesh_id, secret, &me.name, &peer.name),
-            limits.clone(),
-        ));
-        tracker.spawn(link::supervise(ctx, tx, cancel.clone()));
-        slots.insert(fwd.peer.clone(), rx);
+        out.entry(fwd.peer.clone()).or_insert_with(|| {
+            DialContext::new(
+                me.name.clone(),
+                peer.name.clone(),
+                peer.endpoints.clone(),
+                mesh.auth,
+                mesh.mesh_id.clone(),
+                cfg.private_key.clone(),
+                peer.public_key,
+                pair_psk(
+                    &mesh.mesh_id,
+                    cfg.mesh_secret.as_ref(),
+                    &me.name,
+                    &peer.name,
+                ),
+                mesh.limits.clone(),
+            )
+        });
     }
-    for (fwd, listener) in entrances {
-        let Some(rx) = slots.get(&fwd.peer) else {
-            continue;
-        };
-        tracker.spawn(serve_forward(
-            listener,
-            fwd,
-            rx.clone(),
-            limits.link_wait,
+    out
+}
+
+async fn bind_forward(i: usize, fwd: &Forward) -> Result<Arc<TcpListener>, DaemonError> {
+    TcpListener::bind(fwd.listen)
+        .await
+        .map(Arc::new)
+        .map_err(|source| DaemonError::Bind {
+            what: format!("forwards[{i}] to {}/{}", fwd.peer, fwd.service),
+            addr: fwd.listen,
+            source,
+        })
+}
+
+impl Daemon {
+    /// Binds every listener (mesh first, then entrances) and starts serving. Returns once
+    /// everything is bound; the daemon runs until [`Daemon::shutdown`] or `cancel`.
+    pub async fn start(cfg: Config, cancel: CancellationToken) -> Result<Self, DaemonError> {
+        let replay = Arc::new(ReplayStore::open(&cfg.host.state_dir)?);
+        let tracker = TaskTracker::new();
+        let mesh_listener =
+            TcpListener::bind(cfg.listen)
+                .await
+                .map_err(|source| DaemonError::Bind {
+                    what: "mesh listener".into(),
+                    addr: cfg.listen,
+                    source,
+                })?;
+        let mut listeners = Vec::new();
+        for (i, fwd) in cfg.me().forwards.iter().enumerate() {
+            listeners.push((fwd.clone(), bind_forward(i, fwd).await?));
+        }
+        let mesh_addr = mesh_listener.local_addr().unwrap_or(cfg.listen);
+        let exits = Arc::new(ExitTable::new(cfg.me().services.clone(), tracker.clone()));
+        let accept = Arc::new(AcceptContext::new(
+            cfg.host.name.clone(),
+            accept_policy(&cfg),
+            replay,
+            exits.clone(),
             tracker.clone(),
+        ));
+        tracker.spawn(link::serve_mesh(
+            mesh_listener,
+            accept.clone(),
             cancel.clone(),
         ));
+        let mut daemon = Daemon {
+            cfg,
+            cancel,
+            tracker,
+            mesh_addr,
+            accept,
+            exits,
+            entrances: BTreeMap::new(),
+            dialers: BTreeMap::new(),
+        };
+        for (peer, ctx) in dial_contexts(&daemon.cfg) {
+            daemon.spawn_dialer(peer, ctx);
+        }
+        for (fwd, listener) in listeners {
+            daemon.spawn_entrance(fwd, listener);
+        }
+        let me = daemon.cfg.me();
+        tracing::info!(
+            name = %me.name,
+            mesh = %daemon.mesh_addr,
+            forwards = me.forwards.len(),
+            services = me.services.len(),
+            auth = daemon.cfg.manifest.mesh.auth.as_str(),
+            "meshd ready"
+        );
+        Ok(daemon)
     }
-    tracing::info!(
-        name = %me.name,
-        mesh = %bound.mesh,
-        forwards = bound.forwards.len(),
-        services = me.services.len(),
-        auth = mesh.auth.as_str(),
-        "meshd ready"
-    );
-    let done = tokio::spawn(async move {
-        cancel.cancelled().await;
-        tracker.close();
-        if tokio::time::timeout(DRAIN_GRACE, tracker.wait())
+
+    /// The addresses bound now.
+    pub fn bound(&self) -> Bound {
+        Bound {
+            mesh: self.mesh_addr,
+            forwards: self
+                .entrances
+                .values()
+                .map(|e| {
+                    let addr = e.listener.local_addr().unwrap_or(e.forward.listen);
+                    (format!("{}/{}", e.forward.peer, e.forward.service), addr)
+                })
+                .collect(),
+        }
+    }
+
+    /// The running configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn spawn_dialer(&mut self, peer: PeerName, ctx: DialContext) {
+        // Keep the slot (entrances watch it) when a dialer is replaced.
+        let slot = match self.dialers.remove(&peer) {
+            Some(old) => {
+                old.cancel.cancel();
+                old.slot
+            }
+            None => watch::channel(None).0,
+        };
+        let ctx = Arc::new(ctx);
+        let cancel = self.cancel.child_token();
+        let drain = CancellationToken::new();
+        self.tracker.spawn(link::supervise(
+            ctx.clone(),
+            slot.clone(),
+            cancel.clone(),
+            drain.clone(),
+        ));
+        self.dialers.insert(
+            peer,
+            Dialer {
+                ctx,
+                slot,
+                cancel,
+                drain,
+            },
+        );
+    }
+
+    fn spawn_entrance(&mut self, forward: Forward, listener: Arc<TcpListener>) {
+        let Some(dialer) = self.dialers.get(&forward.peer) else {
+            return;
+        };
+        let cancel = self.cancel.child_token();
+        self.tracker.spawn(serve_forward(
+            listener.clone(),
+            Arc::new(forward.clone()),
+            dialer.slot.subscribe(),
+            self.cfg.manifest.mesh.limits.link_wait,
+            self.tracker.clone(),
+            cancel.clone(),
+        ));
+        self.entrances.insert(
+            forward.listen,
+            Entrance {
+                forward,
+                listener,
+                cancel,
+            },
+        );
+    }
+
+    /// Applies a new, already validated configuration as a difference: new entrances bound,
+    /// removed ones closed (their streams run on), new peers dialed, removed or re-keyed
+    /// peers' links closed (and redialed if still needed), services and allow lists
+    /// replaced for new streams. Nothing changes if a new entrance cannot be bound.
+    pub async fn reload(&mut self, next: Config) -> Result<ReloadSummary, DaemonError> {
+        if next.host.name != self.cfg.host.name {
+            return Err(DaemonError::NeedsRestart("the host name"));
+        }
+        if next.listen != self.cfg.listen {
+            return Err(DaemonError::NeedsRestart("the mesh listen address"));
+        }
+        if next.host.state_dir != self.cfg.host.state_dir {
+            return Err(DaemonError::NeedsRestart("state_dir"));
+        }
+        let mut summary = ReloadSummary::default();
+
+        // 1. Bind every new entrance address first; on failure nothing has changed.
+        let mut fresh = BTreeMap::new();
+        for (i, fwd) in next.me().forwards.iter().enumerate() {
+            if !self.entrances.contains_key(&fwd.listen) {
+                fresh.insert(fwd.listen, bind_forward(i, fwd).await?);
+            }
+        }
+
+        // 2. Links: close what is gone or changed, dial what is new.
+        let mut wanted = dial_contexts(&next);
+        let current: Vec<PeerName> = self.dialers.keys().cloned().collect();
+        for peer in current {
+            match wanted.remove(&peer) {
+                None => {
+                    if let Some(old) = self.dialers.remove(&peer) {
+                        if next.manifest.peers.contains_key(&peer) {
+                            // Still a peer, just no longer needed: let its streams finish.
+                            old.drain.cancel();
+                        } else {
+                            // Removed from the manifest: its key is revoked, cut now.
+                            old.cancel.cancel();
+                        }
+                        summary.links_removed += 1;
+                    }
+                }
+                Some(ctx) => {
+                    let same = self
+                        .dialers
+                        .get(&peer)
+                        .is_some_and(|d| d.ctx.same_link(&ctx));
+                    if !same {
+                        self.spawn_dialer(peer, ctx);
+                        summary.links_rekeyed += 1;
+                    }
+                }
+            }
+        }
+        for (peer, ctx) in wanted {
+            self.spawn_dialer(peer, ctx);
+            summary.links_added += 1;
+        }
+
+        // 3. Entrances: same address and same forward stays; changed is re-pointed on its
+        //    listener; gone is closed.
+        let next_forwards: BTreeMap<SocketAddr, Forward> = next
+            .me()
+            .forwards
+            .iter()
+            .map(|f| (f.listen, f.clone()))
+            .collect();
+        let addrs: Vec<SocketAddr> = self.entrances.keys().copied().collect();
+        for addr in addrs {
+            match next_forwards.get(&addr) {
+                None => {
+                    if let Some(e) = self.entrances.remove(&addr) {
+                        e.cancel.cancel();
+                        summary.forwards_removed += 1;
+                    }
+                }
+                Some(fwd) => {
+                    // A re-keyed dialer keeps its slot, so an unchanged entrance is fine.
+                    let unchanged = self.entrances.get(&addr).is_some_and(|e| &e.forward == fwd);
+                    if !unchanged {
+                        if let Some(e) = self.entrances.remove(&addr) {
+                            e.cancel.cancel();
+                            self.spawn_entrance(fwd.clone(), e.listener);
+                            summary.forwards_changed += 1;
+                        }
+                    }
+                }
+            }
+        }
+        for (addr, listener) in fresh {
+            if let Some(fwd) = next_forwards.get(&addr) {
+                self.spawn_entrance(fwd.clone(), listener);
+                summary.forwards_added += 1;
+            }
+        }
+
+        // 4. Accepting side: services, allow lists, who may dial us.
+        self.exits.set_services(next.me().services.clone());
+        summary.inbound_closed = self.accept.set_policy(accept_policy(&next)).len();
+        self.cfg = next;
+        tracing::info!(%summary, "config reloaded");
+        Ok(summary)
+    }
+
+    /// Stops accepting, closes links, and waits up to [`DRAIN_GRACE`] for streams.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(DRAIN_GRACE, self.tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!("streams still open after {DRAIN_GRACE:?}; exiting anyway");
         }
-    });
-    Ok((bound, done))
+    }
 }

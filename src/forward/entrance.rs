@@ -17,7 +17,7 @@ use crate::link::LinkHandle;
 /// Accepts on `listener` until `cancel` fires; streams already open run to completion
 /// (they are tracked by `tracker`).
 pub async fn serve_forward(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     forward: Arc<Forward>,
     link: watch::Receiver<Option<LinkHandle>>,
     link_wait: Duration,

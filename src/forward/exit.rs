@@ -2,6 +2,7 @@
 //! exists and lists the dialing peer; the target is connected before OPEN_OK is sent.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -16,23 +17,40 @@ use crate::proto::frame::OpenError;
 const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The services of this host, as the link drivers see them.
+/// Replaced as a whole on reload; streams already open keep running.
 #[derive(Debug)]
 pub struct ExitTable {
-    services: BTreeMap<ServiceName, Service>,
+    services: RwLock<Arc<BTreeMap<ServiceName, Service>>>,
     tracker: TaskTracker,
 }
 
 impl ExitTable {
     /// Builds the table from this host's manifest entry.
     pub fn new(services: BTreeMap<ServiceName, Service>, tracker: TaskTracker) -> Self {
-        Self { services, tracker }
+        Self {
+            services: RwLock::new(Arc::new(services)),
+            tracker,
+        }
+    }
+
+    /// Installs new services and allow lists; they apply to streams opened from now on.
+    pub fn set_services(&self, services: BTreeMap<ServiceName, Service>) {
+        *self.services.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(services);
+    }
+
+    fn services(&self) -> Arc<BTreeMap<ServiceName, Service>> {
+        self.services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
 impl Exits for ExitTable {
     fn open(&self, peer: &PeerName, service: &str, stream: StreamHandle) -> Result<(), OpenError> {
         let name = ServiceName::new(service).map_err(|_| OpenError::UnknownService)?;
-        let svc = self.services.get(&name).ok_or(OpenError::UnknownService)?;
+        let services = self.services();
+        let svc = services.get(&name).ok_or(OpenError::UnknownService)?;
         if !svc.allow.contains(peer) {
             return Err(OpenError::NotAllowed);
         }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
@@ -32,10 +32,23 @@ pub struct KnownPeer {
     pub psk: PairKey,
 }
 
-/// Everything the mesh listener needs.
-pub struct AcceptContext {
-    /// This host.
-    pub me: PeerName,
+impl KnownPeer {
+    /// Whether a link authenticated under `self` is still valid under `other`.
+    fn same(&self, other: &KnownPeer) -> bool {
+        self.key == other.key && ring_eq(self.psk.as_bytes(), other.psk.as_bytes())
+    }
+}
+
+/// Compares secrets in constant time (ring 0.17 marks the function deprecated because
+/// it will move, not because it is unsound).
+#[allow(deprecated)]
+fn ring_eq(a: &[u8], b: &[u8]) -> bool {
+    ring::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+/// Who may dial this host and how: replaced as a whole on reload.
+#[derive(Debug)]
+pub struct AcceptPolicy {
     /// The mesh's auth mode.
     pub mode: AuthMode,
     /// Mesh id (prologue).
@@ -46,6 +59,27 @@ pub struct AcceptContext {
     pub peers: HashMap<PeerName, KnownPeer>,
     /// Link limits.
     pub limits: Limits,
+}
+
+impl AcceptPolicy {
+    /// Whether an inbound link from `peer` authenticated under `self` still holds under
+    /// `next`.
+    fn still_valid(&self, next: &AcceptPolicy, peer: &PeerName) -> bool {
+        self.mode == next.mode
+            && self.mesh_id == next.mesh_id
+            && ring_eq(self.local_key.as_bytes(), next.local_key.as_bytes())
+            && match (self.peers.get(peer), next.peers.get(peer)) {
+                (Some(a), Some(b)) => a.same(b),
+                _ => false,
+            }
+    }
+}
+
+/// Everything the mesh listener needs.
+pub struct AcceptContext {
+    /// This host.
+    pub me: PeerName,
+    policy: RwLock<Arc<AcceptPolicy>>,
     /// Handshake high-water marks.
     pub replay: Arc<ReplayStore>,
     /// This host's services.
@@ -58,25 +92,16 @@ pub struct AcceptContext {
 
 impl AcceptContext {
     /// Builds the listener context.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         me: PeerName,
-        mode: AuthMode,
-        mesh_id: String,
-        local_key: PrivateKey,
-        peers: HashMap<PeerName, KnownPeer>,
-        limits: Limits,
+        policy: AcceptPolicy,
         replay: Arc<ReplayStore>,
         exits: Arc<dyn Exits>,
         tracker: TaskTracker,
     ) -> Self {
         Self {
             me,
-            mode,
-            mesh_id,
-            local_key,
-            peers,
-            limits,
+            policy: RwLock::new(Arc::new(policy)),
             replay,
             exits,
             tracker,
@@ -84,11 +109,38 @@ impl AcceptContext {
             next_link_id: std::sync::atomic::AtomicU64::new(1),
         }
     }
+
+    fn policy(&self) -> Arc<AcceptPolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Installs a new policy for new handshakes and closes every inbound link that it no
+    /// longer allows (peer removed, key or pair key changed). Returns the peers whose
+    /// links were closed.
+    pub fn set_policy(&self, next: AcceptPolicy) -> Vec<PeerName> {
+        let next = Arc::new(next);
+        let old = std::mem::replace(
+            &mut *self.policy.write().unwrap_or_else(|p| p.into_inner()),
+            next.clone(),
+        );
+        let inbound = self.inbound.lock().unwrap_or_else(|p| p.into_inner());
+        let mut closed = Vec::new();
+        for (peer, (_, token)) in inbound.iter() {
+            if !old.still_valid(&next, peer) {
+                token.cancel();
+                closed.push(peer.clone());
+            }
+        }
+        closed
+    }
 }
 
 /// Serves the mesh listener until `cancel` fires.
 pub async fn serve_mesh(listener: TcpListener, ctx: Arc<AcceptContext>, cancel: CancellationToken) {
-    let pending = Arc::new(Semaphore::new(ctx.limits.max_pending_handshakes));
+    let pending = Arc::new(Semaphore::new(ctx.policy().limits.max_pending_handshakes));
     loop {
         let (socket, remote) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -111,11 +163,11 @@ pub async fn serve_mesh(listener: TcpListener, ctx: Arc<AcceptContext>, cancel: 
         ctx.tracker.spawn(async move {
             let accepted = tokio::select! {
                 _ = cancel2.cancelled() => return,
-                r = tokio::time::timeout(ctx2.limits.handshake_timeout, accept_handshake(&ctx2, socket)) => r,
+                r = tokio::time::timeout(ctx2.policy().limits.handshake_timeout, accept_handshake(&ctx2, socket)) => r,
             };
             drop(permit);
             match accepted {
-                Ok(Ok((peer, socket, session))) => run_inbound(ctx2, peer, socket, session, remote, cancel2).await,
+                Ok(Ok((peer, socket, session, policy))) => run_inbound(ctx2, peer, socket, session, policy, remote, cancel2).await,
                 Ok(Err(e)) => log_rejection(remote, &e),
                 Err(_) => log_rejection(remote, &LinkError::Handshake(HandshakeError::Timeout)),
             }
@@ -138,19 +190,21 @@ fn log_rejection(remote: SocketAddr, err: &LinkError) {
 async fn accept_handshake(
     ctx: &AcceptContext,
     mut socket: TcpStream,
-) -> Result<(PeerName, TcpStream, Session), LinkError> {
+) -> Result<(PeerName, TcpStream, Session, Arc<AcceptPolicy>), LinkError> {
     let mut pre = [0u8; PREAMBLE_LEN];
     read_exact(&mut socket, &mut pre).await?;
     let preamble = Preamble::decode(&pre)?;
-    if preamble.mode != ctx.mode {
+    // One policy for the whole handshake, even if a reload lands meanwhile.
+    let policy = ctx.policy();
+    if preamble.mode != policy.mode {
         return Err(HandshakeError::ModeMismatch {
             got: preamble.mode.code(),
-            want: ctx.mode.as_str(),
+            want: policy.mode.as_str(),
         }
         .into());
     }
     let peer = preamble.name;
-    let known = match ctx.peers.get(&peer) {
+    let known = match policy.peers.get(&peer) {
         Some(k) if peer != ctx.me => k,
         _ => return Err(HandshakeError::UnknownPeer(peer.to_string()).into()),
     };
@@ -163,11 +217,11 @@ async fn accept_handshake(
     let mut msg1 = vec![0u8; len];
     read_exact(&mut socket, &mut msg1).await?;
     let params = PairParams {
-        mode: ctx.mode,
-        mesh_id: &ctx.mesh_id,
+        mode: policy.mode,
+        mesh_id: &policy.mesh_id,
         dialer: &peer,
         acceptor: &ctx.me,
-        local_key: &ctx.local_key,
+        local_key: &policy.local_key,
         remote_key: &known.key,
         psk: &known.psk,
     };
@@ -182,7 +236,7 @@ async fn accept_handshake(
     let (msg2, session) = responder.finish()?;
     socket.write_all(&msg2).await?;
     let _ = socket.set_nodelay(true);
-    Ok((peer, socket, session))
+    Ok((peer, socket, session, policy))
 }
 
 async fn run_inbound(
@@ -190,6 +244,7 @@ async fn run_inbound(
     peer: PeerName,
     socket: TcpStream,
     session: Session,
+    policy: Arc<AcceptPolicy>,
     remote: SocketAddr,
     cancel: CancellationToken,
 ) {
@@ -204,18 +259,26 @@ async fn run_inbound(
             old.cancel();
         }
     }
+    // A reload may have landed during the handshake: `set_policy` swaps the policy before
+    // it scans `inbound`, so either it saw this link above or we see its policy here.
+    let now = ctx.policy();
+    if !Arc::ptr_eq(&now, &policy) && !policy.still_valid(&now, &peer) {
+        link_cancel.cancel();
+    }
     let (tx, rx) = mpsc::channel(CMD_CAPACITY);
     let driver = Driver::new(
         peer.clone(),
         Direction::Acceptor,
         session,
-        &ctx.limits,
+        &policy.limits,
         tx,
         Some(ctx.exits.clone()),
     );
     let started = Instant::now();
     tracing::info!(peer = %peer, direction = "acceptor", %remote, "link up");
-    let err = driver.run(socket, rx, link_cancel).await;
+    let err = driver
+        .run(socket, rx, link_cancel, CancellationToken::new())
+        .await;
     {
         let mut inbound = ctx.inbound.lock().unwrap_or_else(|p| p.into_inner());
         if inbound.get(&peer).is_some_and(|(cur, _)| *cur == id) {

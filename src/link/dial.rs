@@ -76,6 +76,22 @@ impl DialContext {
         }
     }
 
+    /// Whether a link made under `self` is still the link `other` describes (same
+    /// endpoints, keys, pair key, mode, mesh and limits). Compared on reload.
+    pub fn same_link(&self, other: &DialContext) -> bool {
+        #[allow(deprecated)] // ring 0.17: deprecated because it will move, not unsound.
+        let eq = |a: &[u8], b: &[u8]| ring::constant_time::verify_slices_are_equal(a, b).is_ok();
+        self.peer == other.peer
+            && self.me == other.me
+            && self.endpoints == other.endpoints
+            && self.mode == other.mode
+            && self.mesh_id == other.mesh_id
+            && self.remote_key == other.remote_key
+            && self.limits == other.limits
+            && eq(self.local_key.as_bytes(), other.local_key.as_bytes())
+            && eq(self.psk.as_bytes(), other.psk.as_bytes())
+    }
+
     fn next_timestamp(&self) -> u64 {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -97,13 +113,20 @@ impl DialContext {
     }
 }
 
-/// Keeps the link to `ctx.peer` up until `cancel` fires.
-pub async fn supervise(ctx: Arc<DialContext>, slot: LinkSlot, cancel: CancellationToken) {
+/// Keeps the link to `ctx.peer` up until `cancel` fires (close now) or `drain` fires
+/// (no new streams; close once the open ones finish; no redial).
+pub async fn supervise(
+    ctx: Arc<DialContext>,
+    slot: LinkSlot,
+    cancel: CancellationToken,
+    drain: CancellationToken,
+) {
     let mut backoff = Backoff::new(ctx.backoff);
     let mut failures_logged = 0u32;
     loop {
         let attempt = tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = drain.cancelled() => return,
             r = dial_once(&ctx) => r,
         };
         match attempt {
@@ -126,8 +149,12 @@ pub async fn supervise(ctx: Arc<DialContext>, slot: LinkSlot, cancel: Cancellati
                 tracing::info!(peer = %ctx.peer, direction = "dialer", %endpoint, "link up");
                 let link_cancel = cancel.child_token();
                 slot.send_replace(Some(handle));
-                let err = driver.run(socket, rx, link_cancel).await;
+                let err = driver.run(socket, rx, link_cancel, drain.clone()).await;
                 slot.send_replace(None);
+                if drain.is_cancelled() {
+                    tracing::info!(peer = %ctx.peer, direction = "dialer", reason = err.reason(), "link closed: {err}");
+                    return;
+                }
                 if matches!(err, LinkError::Cancelled) && cancel.is_cancelled() {
                     tracing::info!(peer = %ctx.peer, direction = "dialer", "link closed");
                     return;
@@ -155,6 +182,7 @@ pub async fn supervise(ctx: Arc<DialContext>, slot: LinkSlot, cancel: Cancellati
         let delay = backoff.next_delay();
         tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = drain.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
     }

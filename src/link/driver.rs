@@ -138,13 +138,16 @@ impl Driver {
 
     /// Runs the link until it fails or is cancelled; returns why it ended. Every stream
     /// still open then sees its channel close (its local socket is reset).
+    /// `drain` asks for a graceful end: GOAWAY, no new streams, and the link closes once
+    /// its open streams have finished.
     pub(crate) async fn run(
         mut self,
         mut socket: TcpStream,
         mut cmds: mpsc::Receiver<Cmd>,
         cancel: CancellationToken,
+        drain: CancellationToken,
     ) -> LinkError {
-        let err = self.serve(&mut socket, &mut cmds, &cancel).await;
+        let err = self.serve(&mut socket, &mut cmds, &cancel, &drain).await;
         for (_, slot) in self.streams.drain() {
             slot.credit.close();
         }
@@ -157,14 +160,23 @@ impl Driver {
         socket: &mut TcpStream,
         cmds: &mut mpsc::Receiver<Cmd>,
         cancel: &CancellationToken,
+        drain: &CancellationToken,
     ) -> LinkError {
         let (mut rd, mut wr) = socket.split();
+        let mut draining = false;
         loop {
             if let Err(e) = self.fill_write_buffer() {
                 return e;
             }
             // Writing our FIN can complete a stream: its Closed event comes from poll_transmit.
             self.dispatch_events();
+            if draining
+                && self.streams.is_empty()
+                && self.mux.stream_count() == 0
+                && self.wpos == self.wbuf.len()
+            {
+                return LinkError::Drained;
+            }
             let deadline = self.mux.poll_timeout();
             let timer = async move {
                 match deadline {
@@ -177,6 +189,10 @@ impl Driver {
                 self.rbuf.reserve(READ_CHUNK);
             }
             tokio::select! {
+                _ = drain.cancelled(), if !draining => {
+                    draining = true;
+                    self.mux.go_away(0);
+                }
                 _ = cancel.cancelled() => {
                     self.mux.go_away(0);
                     let _ = self.fill_write_buffer();

@@ -22,7 +22,7 @@ mod dial;
 mod driver;
 pub mod replay;
 
-pub use accept::{serve_mesh, AcceptContext, KnownPeer};
+pub use accept::{serve_mesh, AcceptContext, AcceptPolicy, KnownPeer};
 pub use backoff::{Backoff, BackoffConfig};
 pub use dial::{supervise, DialContext, LinkSlot};
 pub use driver::{Direction, Exits};
@@ -52,6 +52,9 @@ pub enum LinkError {
     /// The link was closed on purpose (shutdown, superseded, reload).
     #[error("closed locally")]
     Cancelled,
+    /// The link was drained on purpose: its last stream finished.
+    #[error("drained: no longer needed")]
+    Drained,
     /// No endpoint of the peer could be reached.
     #[error("no endpoint reachable: {0}")]
     Unreachable(String),
@@ -69,6 +72,7 @@ impl LinkError {
             LinkError::Protocol(_) => "protocol",
             LinkError::RecordLength(_) => "oversized",
             LinkError::Cancelled => "cancelled",
+            LinkError::Drained => "drained",
             LinkError::Unreachable(_) => "unreachable",
         }
     }

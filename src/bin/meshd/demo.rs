@@ -155,13 +155,13 @@ async fn demo(manifest_dir: Option<PathBuf>, keep: bool) -> Result<()> {
                 svc.target
             );
         }
-        let (bound, handle) = meshd::daemon::start(cfg, cancel.clone())
+        let daemon = meshd::daemon::Daemon::start(cfg, cancel.clone())
             .await
             .map_err(|e| anyhow!("{e}"))?;
-        for (to, addr) in bound.forwards {
+        for (to, addr) in daemon.bound().forwards {
             routes.push((me.name.to_string(), to, addr));
         }
-        done.push(handle);
+        done.push(daemon);
     }
     println!();
     let mut failures = 0;
@@ -184,9 +184,8 @@ async fn demo(manifest_dir: Option<PathBuf>, keep: bool) -> Result<()> {
         println!("demo mesh running; forwards listed above; Ctrl-C to stop");
         let _ = tokio::signal::ctrl_c().await;
     }
-    cancel.cancel();
-    for h in done {
-        let _ = h.await;
+    for daemon in done {
+        daemon.shutdown().await;
     }
     let _ = std::fs::remove_dir_all(&state);
     if failures > 0 {

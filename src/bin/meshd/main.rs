@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use meshd::daemon::Daemon;
 use tokio_util::sync::CancellationToken;
 
 mod demo;
@@ -108,43 +109,80 @@ async fn run_daemon(path: PathBuf) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    let cancel = CancellationToken::new();
-    let (_bound, done) = match meshd::daemon::start(cfg, cancel.clone()).await {
-        Ok(x) => x,
+    let mut daemon = match Daemon::start(cfg, CancellationToken::new()).await {
+        Ok(d) => d,
         Err(e) => {
             eprintln!("meshd: {e}");
             return ExitCode::from(1);
         }
     };
+    let signals = Signals::install();
+    let mut signals = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("meshd: cannot install signal handlers: {e}");
+            daemon.shutdown().await;
+            return ExitCode::from(1);
+        }
+    };
     notify_systemd("READY=1");
-    if let Err(e) = wait_for_signals().await {
-        eprintln!("meshd: cannot install signal handlers: {e}");
-        cancel.cancel();
-        let _ = done.await;
-        return ExitCode::from(1);
+    loop {
+        match signals.next().await {
+            Signal::Stop => break,
+            Signal::Reload => {
+                notify_systemd("RELOADING=1");
+                let _ = reload(&mut daemon, &path).await;
+                notify_systemd("READY=1");
+            }
+        }
     }
     notify_systemd("STOPPING=1");
     tracing::info!("shutting down: no new connections; draining open streams");
-    cancel.cancel();
-    let _ = done.await;
+    daemon.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
-/// Returns on SIGTERM or SIGINT. SIGHUP is caught so a reload request never kills the
-/// daemon; live reload is not implemented yet, which the log says.
-async fn wait_for_signals() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
+/// Re-reads and validates everything, then applies the difference. An invalid config
+/// changes nothing: the old one keeps running and the error is logged.
+async fn reload(daemon: &mut Daemon, path: &std::path::Path) -> Result<String, String> {
+    let result = match meshd::config::load_config(path) {
+        Ok(cfg) => daemon.reload(cfg).await.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("invalid configuration, nothing changed:\n{e}")),
+    };
+    match &result {
+        Ok(summary) => tracing::info!("reload applied: {summary}"),
+        Err(e) => tracing::error!("reload failed; the previous configuration keeps running: {e}"),
+    }
+    result.map(|s| s.to_string())
+}
+
+enum Signal {
+    Stop,
+    Reload,
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
         tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                tracing::warn!("SIGHUP received: live reload is not supported by this version; restart meshd to apply configuration changes");
-            }
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
         }
     }
 }
