@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, AdminState, Metrics};
 use crate::config::{Config, PeerName};
 use crate::forward::{serve_forward, ExitTable};
 use crate::keys::{derive_pair_key, MeshSecret, PairKey};
@@ -41,12 +42,7 @@ pub enum DaemonError {
 /// The psk slot of a pair: the mesh-secret pair key when a secret is configured, else a
 /// value derived from public data only, which adds no secrecy (`psk` mode requires a
 /// secret; validation enforces it).
-pub fn pair_psk(
-    mesh_id: &str,
-    secret: Option<&MeshSecret>,
-    a: &PeerName,
-    b: &PeerName,
-) -> PairKey {
+pub fn pair_psk(mesh_id: &str, secret: Option<&MeshSecret>, a: &PeerName, b: &PeerName) -> PairKey {
     let public_only = MeshSecret::from_bytes([0u8; 32]);
     let secret = secret.unwrap_or(&public_only);
     derive_pair_key(secret, mesh_id, a.as_str(), b.as_str())
@@ -59,6 +55,8 @@ pub struct Bound {
     pub mesh: SocketAddr,
     /// Each forward's listen address, by `peer/service`.
     pub forwards: BTreeMap<String, SocketAddr>,
+    /// The admin HTTP server (`/metrics`, `/healthz`, `/status`).
+    pub admin: Option<SocketAddr>,
 }
 
 /// Binds every listener (mesh first, then entrances) and starts serving. Returns once
@@ -73,13 +71,14 @@ pub async fn start(
     let replay = Arc::new(ReplayStore::open(&cfg.host.state_dir)?);
     let tracker = TaskTracker::new();
 
-    let mesh_listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| DaemonError::Bind {
-            what: "mesh listener".into(),
-            addr: cfg.listen,
-            source,
-        })?;
+    let mesh_listener =
+        TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                what: "mesh listener".into(),
+                addr: cfg.listen,
+                source,
+            })?;
     let mut entrances = Vec::new();
     for (i, fwd) in me.forwards.iter().enumerate() {
         let l = TcpListener::bind(fwd.listen)
@@ -91,6 +90,16 @@ pub async fn start(
             })?;
         entrances.push((Arc::new(fwd.clone()), l));
     }
+    let admin_listener =
+        TcpListener::bind(cfg.host.admin)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                what: "admin server".into(),
+                addr: cfg.host.admin,
+                source,
+            })?;
+    admin::warn_if_exposed(cfg.host.admin);
+    let metrics = Arc::new(Metrics::new(&cfg.hash, env!("CARGO_PKG_VERSION")));
     let bound = Bound {
         mesh: mesh_listener.local_addr().unwrap_or(cfg.listen),
         forwards: entrances
@@ -102,6 +111,7 @@ pub async fn start(
                 )
             })
             .collect(),
+        admin: admin_listener.local_addr().ok(),
     };
 
     let secret = cfg.mesh_secret.as_ref();
@@ -118,7 +128,11 @@ pub async fn start(
             (p.name.clone(), known)
         })
         .collect();
-    let exits = Arc::new(ExitTable::new(me.services.clone(), tracker.clone()));
+    let exits = Arc::new(ExitTable::new(
+        me.services.clone(),
+        tracker.clone(),
+        metrics.clone(),
+    ));
     let accept = Arc::new(AcceptContext::new(
         me.name.clone(),
         mesh.auth,
@@ -130,7 +144,12 @@ pub async fn start(
         exits,
         tracker.clone(),
     ));
-    tracker.spawn(link::serve_mesh(mesh_listener, accept, cancel.clone()));
+    tracker.spawn(link::serve_mesh(
+        mesh_listener,
+        accept,
+        metrics.clone(),
+        cancel.clone(),
+    ));
 
     // One supervised link per peer this host forwards to.
     let mut slots: BTreeMap<PeerName, watch::Receiver<Option<link::LinkHandle>>> = BTreeMap::new();
@@ -153,7 +172,8 @@ pub async fn start(
             pair_psk(&mesh.mesh_id, secret, &me.name, &peer.name),
             limits.clone(),
         ));
-        tracker.spawn(link::supervise(ctx, tx, cancel.clone()));
+        metrics.require_link(&peer.name);
+        tracker.spawn(link::supervise(ctx, tx, metrics.clone(), cancel.clone()));
         slots.insert(fwd.peer.clone(), rx);
     }
     for (fwd, listener) in entrances {
@@ -165,13 +185,28 @@ pub async fn start(
             fwd,
             rx.clone(),
             limits.link_wait,
+            metrics.clone(),
             tracker.clone(),
             cancel.clone(),
         ));
     }
+    let admin_state = Arc::new(AdminState {
+        host: me.name.to_string(),
+        config_hash: cfg.hash.clone(),
+        metrics,
+        started: std::time::Instant::now(),
+    });
+    tracker.spawn(admin::serve_admin(
+        admin_listener,
+        admin_state,
+        tracker.clone(),
+        cancel.clone(),
+    ));
     tracing::info!(
         name = %me.name,
         mesh = %bound.mesh,
+        admin = ?bound.admin,
+        config_hash = %cfg.hash,
         forwards = bound.forwards.len(),
         services = me.services.len(),
         auth = mesh.auth.as_str(),
@@ -180,7 +215,10 @@ pub async fn start(
     let done = tokio::spawn(async move {
         cancel.cancelled().await;
         tracker.close();
-        if tokio::time::timeout(DRAIN_GRACE, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(DRAIN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("streams still open after {DRAIN_GRACE:?}; exiting anyway");
         }
     });

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use super::dial::read_exact;
 use super::driver::{Direction, Driver, Exits, CMD_CAPACITY};
 use super::{LinkError, ReplayStore};
+use crate::admin::Metrics;
 use crate::config::{AuthMode, Limits, PeerName};
 use crate::keys::{PairKey, PrivateKey, PublicKey};
 use crate::proto::handshake::{
@@ -87,7 +88,12 @@ impl AcceptContext {
 }
 
 /// Serves the mesh listener until `cancel` fires.
-pub async fn serve_mesh(listener: TcpListener, ctx: Arc<AcceptContext>, cancel: CancellationToken) {
+pub async fn serve_mesh(
+    listener: TcpListener,
+    ctx: Arc<AcceptContext>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
     let pending = Arc::new(Semaphore::new(ctx.limits.max_pending_handshakes));
     loop {
         let (socket, remote) = tokio::select! {
@@ -103,11 +109,13 @@ pub async fn serve_mesh(listener: TcpListener, ctx: Arc<AcceptContext>, cancel: 
             },
         };
         let Ok(permit) = pending.clone().try_acquire_owned() else {
+            metrics.handshake_rejected(&LinkError::Handshake(HandshakeError::Overloaded));
             tracing::warn!(%remote, reason = "overloaded", "handshake rejected: {}", HandshakeError::Overloaded);
             continue;
         };
         let ctx2 = ctx.clone();
         let cancel2 = cancel.clone();
+        let metrics = metrics.clone();
         ctx.tracker.spawn(async move {
             let accepted = tokio::select! {
                 _ = cancel2.cancelled() => return,
@@ -115,18 +123,21 @@ pub async fn serve_mesh(listener: TcpListener, ctx: Arc<AcceptContext>, cancel: 
             };
             drop(permit);
             match accepted {
-                Ok(Ok((peer, socket, session))) => run_inbound(ctx2, peer, socket, session, remote, cancel2).await,
-                Ok(Err(e)) => log_rejection(remote, &e),
-                Err(_) => log_rejection(remote, &LinkError::Handshake(HandshakeError::Timeout)),
+                Ok(Ok((peer, socket, session))) => run_inbound(ctx2, peer, socket, session, remote, metrics, cancel2).await,
+                Ok(Err(e)) => log_rejection(remote, &e, &metrics),
+                Err(_) => log_rejection(remote, &LinkError::Handshake(HandshakeError::Timeout), &metrics),
             }
         });
     }
 }
 
-fn log_rejection(remote: SocketAddr, err: &LinkError) {
+fn log_rejection(remote: SocketAddr, err: &LinkError, metrics: &Metrics) {
+    metrics.handshake_rejected(err);
     let peer = match err {
         LinkError::Handshake(
-            HandshakeError::UnknownPeer(p) | HandshakeError::WrongKey(p) | HandshakeError::Replay(p),
+            HandshakeError::UnknownPeer(p)
+            | HandshakeError::WrongKey(p)
+            | HandshakeError::Replay(p),
         ) => p.as_str(),
         _ => "",
     };
@@ -189,6 +200,7 @@ async fn run_inbound(
     socket: TcpStream,
     session: Session,
     remote: SocketAddr,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     let link_cancel = cancel.child_token();
@@ -203,6 +215,7 @@ async fn run_inbound(
         }
     }
     let (tx, rx) = mpsc::channel(CMD_CAPACITY);
+    let observer = metrics.link_up(&peer, Direction::Acceptor);
     let driver = Driver::new(
         peer.clone(),
         Direction::Acceptor,
@@ -210,10 +223,12 @@ async fn run_inbound(
         &ctx.limits,
         tx,
         Some(ctx.exits.clone()),
+        observer.rtt(),
     );
     let started = Instant::now();
     tracing::info!(peer = %peer, direction = "acceptor", %remote, "link up");
     let err = driver.run(socket, rx, link_cancel).await;
+    observer.down(&err);
     {
         let mut inbound = ctx.inbound.lock().unwrap_or_else(|p| p.into_inner());
         if inbound.get(&peer).is_some_and(|(cur, _)| *cur == id) {

@@ -105,7 +105,10 @@ mod tests {
         assert_eq!(b.next_with(0.0), Duration::from_millis(50));
         for _ in 0..100 {
             let d = b.next_delay();
-            assert!(d >= Duration::from_millis(50) && d <= Duration::from_secs(2), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(50) && d <= Duration::from_secs(2),
+                "{d:?}"
+            );
         }
     }
 
@@ -123,7 +126,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_ranges() {
-        assert!(BackoffConfig::new(Duration::ZERO, Duration::from_secs(1), Duration::ZERO).is_err());
+        assert!(
+            BackoffConfig::new(Duration::ZERO, Duration::from_secs(1), Duration::ZERO).is_err()
+        );
         assert!(BackoffConfig::new(
             Duration::from_secs(2),
             Duration::from_secs(1),

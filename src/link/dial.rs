@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::driver::{Direction, Driver, CMD_CAPACITY};
 use super::{Backoff, BackoffConfig, LinkError, LinkHandle};
+use crate::admin::Metrics;
 use crate::config::{AuthMode, HostPort, Limits, PeerName};
 use crate::keys::{PairKey, PrivateKey, PublicKey};
 use crate::proto::handshake::{self, HandshakeError, PairParams, Session, MAX_HANDSHAKE_MSG};
@@ -98,7 +99,12 @@ impl DialContext {
 }
 
 /// Keeps the link to `ctx.peer` up until `cancel` fires.
-pub async fn supervise(ctx: Arc<DialContext>, slot: LinkSlot, cancel: CancellationToken) {
+pub async fn supervise(
+    ctx: Arc<DialContext>,
+    slot: LinkSlot,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
     let mut backoff = Backoff::new(ctx.backoff);
     let mut failures_logged = 0u32;
     loop {
@@ -114,6 +120,7 @@ pub async fn supervise(ctx: Arc<DialContext>, slot: LinkSlot, cancel: Cancellati
                     peer: ctx.peer.clone(),
                     cmds: tx.clone(),
                 };
+                let observer = metrics.link_up(&ctx.peer, Direction::Dialer);
                 let driver = Driver::new(
                     ctx.peer.clone(),
                     Direction::Dialer,
@@ -121,6 +128,7 @@ pub async fn supervise(ctx: Arc<DialContext>, slot: LinkSlot, cancel: Cancellati
                     &ctx.limits,
                     tx,
                     None,
+                    observer.rtt(),
                 );
                 let started = Instant::now();
                 tracing::info!(peer = %ctx.peer, direction = "dialer", %endpoint, "link up");
@@ -128,6 +136,7 @@ pub async fn supervise(ctx: Arc<DialContext>, slot: LinkSlot, cancel: Cancellati
                 slot.send_replace(Some(handle));
                 let err = driver.run(socket, rx, link_cancel).await;
                 slot.send_replace(None);
+                observer.down(&err);
                 if matches!(err, LinkError::Cancelled) && cancel.is_cancelled() {
                     tracing::info!(peer = %ctx.peer, direction = "dialer", "link closed");
                     return;
@@ -141,6 +150,7 @@ pub async fn supervise(ctx: Arc<DialContext>, slot: LinkSlot, cancel: Cancellati
                 backoff.link_ended(started.elapsed());
             }
             Err(err) => {
+                metrics.dial_failed(&ctx.peer, &err);
                 // Log the first failures, then every 10th, so a long outage does not flood.
                 if failures_logged < 3 || failures_logged % 10 == 0 {
                     tracing::warn!(

@@ -136,7 +136,9 @@ pub struct StreamHandle {
 
 impl fmt::Debug for StreamHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamHandle").field("id", &self.id).finish()
+        f.debug_struct("StreamHandle")
+            .field("id", &self.id)
+            .finish()
     }
 }
 
@@ -149,7 +151,9 @@ pub struct LinkHandle {
 
 impl fmt::Debug for LinkHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LinkHandle").field("peer", &self.peer).finish()
+        f.debug_struct("LinkHandle")
+            .field("peer", &self.peer)
+            .finish()
     }
 }
 

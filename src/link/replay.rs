@@ -69,7 +69,10 @@ impl ReplayStore {
     /// and records it durably before returning `Ok(true)`.
     pub fn check_and_update(&self, peer: &PeerName, timestamp: u64) -> Result<bool, ReplayError> {
         let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
-        if marks.get(peer.as_str()).is_some_and(|&last| timestamp <= last) {
+        if marks
+            .get(peer.as_str())
+            .is_some_and(|&last| timestamp <= last)
+        {
             return Ok(false);
         }
         marks.insert(peer.as_str().to_owned(), timestamp);
@@ -115,7 +118,10 @@ mod tests {
         assert!(store.check_and_update(&b, 1).expect("io"));
         drop(store);
         let store = ReplayStore::open(dir.path()).expect("reopen");
-        assert!(!store.check_and_update(&a, 10).expect("io"), "mark lost on restart");
+        assert!(
+            !store.check_and_update(&a, 10).expect("io"),
+            "mark lost on restart"
+        );
         assert!(store.check_and_update(&a, 11).expect("io"));
     }
 

@@ -58,7 +58,8 @@ async fn stand_in(service: &str, owner: &str) -> Result<SocketAddr> {
                         .next()
                         .unwrap_or("")
                         .to_owned();
-                    let body = format!("hello from {banner}, reached through meshd; you asked: {first}\n");
+                    let body =
+                        format!("hello from {banner}, reached through meshd; you asked: {first}\n");
                     let reply = format!(
                         "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
                         body.len()
@@ -121,6 +122,7 @@ async fn localize(mut manifest: Manifest, dir: &Path) -> Result<Vec<Config>> {
             private_key,
             mesh_secret: Some(MeshSecret::from_bytes(secret)),
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            hash: "demo".to_owned(),
         });
     }
     Ok(configs)
@@ -147,11 +149,22 @@ async fn demo(manifest_dir: Option<PathBuf>, keep: bool) -> Result<()> {
     for cfg in configs {
         let me = cfg.me().clone();
         for (name, svc) in &me.services {
-            println!("  {}/{name:<10} exported to {:?}, stand-in at {}", me.name, svc.allow.iter().map(|p| p.as_str()).collect::<Vec<_>>(), svc.target);
+            println!(
+                "  {}/{name:<10} exported to {:?}, stand-in at {}",
+                me.name,
+                svc.allow.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+                svc.target
+            );
         }
         let (bound, handle) = meshd::daemon::start(cfg, cancel.clone())
             .await
             .map_err(|e| anyhow!("{e}"))?;
+        if let Some(admin) = bound.admin {
+            println!(
+                "  {:<16} admin at http://{admin}/status (and /metrics, /healthz)",
+                me.name.as_str()
+            );
+        }
         for (to, addr) in bound.forwards {
             routes.push((me.name.to_string(), to, addr));
         }
@@ -162,7 +175,11 @@ async fn demo(manifest_dir: Option<PathBuf>, keep: bool) -> Result<()> {
     for (from, to, addr) in &routes {
         match exchange(to, *addr).await {
             Ok((sent, got)) => {
-                println!("{from} -> {to} via {addr}\n  sent:     {}\n  received: {}\n", sent.trim_end(), got.trim_end().replace('\n', "\n            "));
+                println!(
+                    "{from} -> {to} via {addr}\n  sent:     {}\n  received: {}\n",
+                    sent.trim_end(),
+                    got.trim_end().replace('\n', "\n            ")
+                );
             }
             Err(e) => {
                 failures += 1;

@@ -77,7 +77,11 @@ fn init_logging(format: LogFormat, default_level: &str) {
 fn main() -> ExitCode {
     let args = Args::parse();
     // The demo prints its own story on stdout; its daemons only log problems.
-    let level = if args.command.is_some() { "warn" } else { "info" };
+    let level = if args.command.is_some() {
+        "warn"
+    } else {
+        "info"
+    };
     init_logging(args.log_format, level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
