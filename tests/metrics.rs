@@ -522,3 +522,43 @@ fn one_wrong_key_handshake_counts_once_without_the_claimed_name() {
     );
     assert!(b.log_text().contains("wrong_key"), "{}", b.log_text());
 }
+
+/// Throughput of one 1 GiB stream through the mesh (byte counters on, as always) against
+/// the same transfer straight to the target, in one run. Not a pass/fail test; run with
+/// `cargo test --test metrics -- --ignored --nocapture throughput`.
+#[test]
+#[ignore = "a measurement, ~5 s"]
+fn throughput_of_a_1_gib_stream_with_metrics_vs_direct() {
+    const GIB: usize = 1 << 30;
+    let (target, read) = sink_then_reply(0);
+    let mesh = Mesh::new(target, 1000);
+    let b = mesh.start("b");
+    let a = mesh.start("a");
+    a.wait_link("b", "dialer", "up");
+    let mib_s = |d: Duration| GIB as f64 / (1 << 20) as f64 / d.as_secs_f64();
+
+    let t = std::time::Instant::now();
+    transfer(target, GIB);
+    let direct = t.elapsed();
+    assert_eq!(read.recv_timeout(Duration::from_secs(10)), Ok(GIB));
+
+    let t = std::time::Instant::now();
+    transfer(mesh.entrance, GIB);
+    let meshed = t.elapsed();
+    assert_eq!(read.recv_timeout(Duration::from_secs(10)), Ok(GIB));
+    eventually("1 GiB counted on both sides", || {
+        let (ma, mb) = (a.metrics()?, b.metrics()?);
+        let out = value(&ma, "meshd_bytes_total", &[("direction", "out")]);
+        let inb = value(&mb, "meshd_bytes_total", &[("direction", "in")]);
+        if out == Some(GIB as f64) && inb == Some(GIB as f64) {
+            Ok(())
+        } else {
+            Err(format!("{out:?} {inb:?}"))
+        }
+    });
+    println!(
+        "1 GiB direct: {direct:.2?} ({:.0} MiB/s); through meshd with metrics: {meshed:.2?} ({:.0} MiB/s)",
+        mib_s(direct),
+        mib_s(meshed)
+    );
+}
