@@ -256,33 +256,43 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Starts meshd `name` and waits for its admin server. The ports were free when the
+    /// configs were written, but a concurrent test's outgoing connection can hold one for a
+    /// moment: a start that fails to bind is retried a few times.
     fn start(root: &Path, name: &str, admin: SocketAddr) -> Self {
         static STARTS: AtomicUsize = AtomicUsize::new(0);
-        let n = STARTS.fetch_add(1, Ordering::Relaxed);
-        let log = root.join(format!("{name}-{n}.log"));
-        let err = fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_meshd"))
-            .arg("--config")
-            .arg(root.join(format!("{name}-host.toml")))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn meshd");
-        let mut d = Self { child, admin, log };
-        let log_path = d.log.clone();
-        let child = &mut d.child;
-        eventually(&format!("meshd {name} admin at {admin}"), || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "meshd {name} exited with {status}:\n{}",
-                    fs::read_to_string(&log_path).unwrap_or_default()
-                );
+        for attempt in 1.. {
+            let n = STARTS.fetch_add(1, Ordering::Relaxed);
+            let log = root.join(format!("{name}-{n}.log"));
+            let err = fs::File::create(&log).expect("log file");
+            let child = Command::new(env!("CARGO_BIN_EXE_meshd"))
+                .arg("--config")
+                .arg(root.join(format!("{name}-host.toml")))
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(err)
+                .spawn()
+                .expect("spawn meshd");
+            let mut d = Self { child, admin, log };
+            let log_path = d.log.clone();
+            let child = &mut d.child;
+            let started = eventually(&format!("meshd {name} admin at {admin}"), || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = fs::read_to_string(&log_path).unwrap_or_default();
+                    if attempt < 5 && log.contains("cannot listen") {
+                        return Ok(false);
+                    }
+                    panic!("meshd {name} exited with {status}:\n{log}");
+                }
+                http_get(admin, "/healthz").map(|_| true)
+            });
+            if started {
+                return d;
             }
-            http_get(admin, "/healthz").map(|_| ())
-        });
-        d
+            thread::sleep(Duration::from_millis(200));
+        }
+        unreachable!("the loop returns or panics")
     }
 
     /// GET /metrics.
