@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, AdminState, Metrics};
 use crate::config::{Config, Forward, PeerName};
 use crate::forward::{serve_forward, ExitTable};
 use crate::keys::{derive_pair_key, MeshSecret, PairKey};
@@ -61,6 +62,8 @@ pub struct Bound {
     pub mesh: SocketAddr,
     /// Each forward's listen address, by `peer/service`.
     pub forwards: BTreeMap<String, SocketAddr>,
+    /// The admin HTTP server.
+    pub admin: Option<SocketAddr>,
 }
 
 /// What a reload changed.
@@ -117,6 +120,8 @@ pub struct Daemon {
     cancel: CancellationToken,
     tracker: TaskTracker,
     mesh_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
     accept: Arc<AcceptContext>,
     exits: Arc<ExitTable>,
     entrances: BTreeMap<SocketAddr, Entrance>,
@@ -218,8 +223,23 @@ impl Daemon {
         for (i, fwd) in cfg.me().forwards.iter().enumerate() {
             listeners.push((fwd.clone(), bind_forward(i, fwd).await?));
         }
+        let admin_listener =
+            TcpListener::bind(cfg.host.admin)
+                .await
+                .map_err(|source| DaemonError::Bind {
+                    what: "admin server".into(),
+                    addr: cfg.host.admin,
+                    source,
+                })?;
+        admin::warn_if_exposed(cfg.host.admin);
+        let metrics = Arc::new(Metrics::new(&cfg.hash, env!("CARGO_PKG_VERSION")));
         let mesh_addr = mesh_listener.local_addr().unwrap_or(cfg.listen);
-        let exits = Arc::new(ExitTable::new(cfg.me().services.clone(), tracker.clone()));
+        let admin_addr = admin_listener.local_addr().ok();
+        let exits = Arc::new(ExitTable::new(
+            cfg.me().services.clone(),
+            tracker.clone(),
+            metrics.clone(),
+        ));
         let accept = Arc::new(AcceptContext::new(
             cfg.host.name.clone(),
             accept_policy(&cfg),
@@ -230,6 +250,18 @@ impl Daemon {
         tracker.spawn(link::serve_mesh(
             mesh_listener,
             accept.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        ));
+        let admin_state = Arc::new(AdminState {
+            host: cfg.host.name.to_string(),
+            metrics: metrics.clone(),
+            started: std::time::Instant::now(),
+        });
+        tracker.spawn(admin::serve_admin(
+            admin_listener,
+            admin_state,
+            tracker.clone(),
             cancel.clone(),
         ));
         let mut daemon = Daemon {
@@ -237,6 +269,8 @@ impl Daemon {
             cancel,
             tracker,
             mesh_addr,
+            admin_addr,
+            metrics,
             accept,
             exits,
             entrances: BTreeMap::new(),
@@ -252,6 +286,8 @@ impl Daemon {
         tracing::info!(
             name = %me.name,
             mesh = %daemon.mesh_addr,
+            admin = ?daemon.admin_addr,
+            config_hash = %daemon.cfg.hash,
             forwards = me.forwards.len(),
             services = me.services.len(),
             auth = daemon.cfg.manifest.mesh.auth.as_str(),
@@ -272,6 +308,7 @@ impl Daemon {
                     (format!("{}/{}", e.forward.peer, e.forward.service), addr)
                 })
                 .collect(),
+            admin: self.admin_addr,
         }
     }
 
@@ -292,9 +329,11 @@ impl Daemon {
         let ctx = Arc::new(ctx);
         let cancel = self.cancel.child_token();
         let drain = CancellationToken::new();
+        self.metrics.require_link(&peer);
         self.tracker.spawn(link::supervise(
             ctx.clone(),
             slot.clone(),
+            self.metrics.clone(),
             cancel.clone(),
             drain.clone(),
         ));
@@ -319,6 +358,7 @@ impl Daemon {
             Arc::new(forward.clone()),
             dialer.slot.subscribe(),
             self.cfg.manifest.mesh.limits.link_wait,
+            self.metrics.clone(),
             self.tracker.clone(),
             cancel.clone(),
         ));
@@ -337,6 +377,17 @@ impl Daemon {
     /// peers' links closed (and redialed if still needed), services and allow lists
     /// replaced for new streams. Nothing changes if a new entrance cannot be bound.
     pub async fn reload(&mut self, next: Config) -> Result<ReloadSummary, DaemonError> {
+        let result = self.apply(next).await;
+        self.metrics.config_reloaded(result.is_ok());
+        result
+    }
+
+    /// Counts a reload that failed before it reached the daemon (invalid files).
+    pub fn reload_rejected(&self) {
+        self.metrics.config_reloaded(false);
+    }
+
+    async fn apply(&mut self, next: Config) -> Result<ReloadSummary, DaemonError> {
         if next.host.name != self.cfg.host.name {
             return Err(DaemonError::NeedsRestart("the host name"));
         }
@@ -430,6 +481,7 @@ impl Daemon {
         // 4. Accepting side: services, allow lists, who may dial us.
         self.exits.set_services(next.me().services.clone());
         summary.inbound_closed = self.accept.set_policy(accept_policy(&next)).len();
+        self.metrics.set_config_hash(&next.hash);
         self.cfg = next;
         tracing::info!(%summary, "config reloaded");
         Ok(summary)

@@ -12,9 +12,12 @@
 //!   the service's allow list and connects the target;
 //! - `forward` (splice) copies bytes both ways within each stream's credit until both
 //!   sides have half-closed, or resets the local socket when the stream is aborted;
+//! - `admin` counts the link, stream and bytes along the way and serves them as
+//!   `/metrics`, `/healthz` and `/status`;
 //! - `daemon` wires these together and drains them on shutdown.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod forward;

@@ -1,10 +1,11 @@
 //! `meshctl`: onboards a server (`add-peer`), checks a manifest as a CI step (`check`),
-//! prints pair fingerprints for out-of-band verification (`pair`) and drafts a manifest from
-//! stunnel configurations (`import-stunnel`).
+//! prints pair fingerprints for out-of-band verification (`pair`), drafts a manifest from
+//! stunnel configurations (`import-stunnel`) and shows a running daemon's links (`status`).
 //!
-//! Exit codes: 0 success, 1 failure (including an invalid manifest), 64 (EX_USAGE) when the
-//! manifest directory or the stunnel input cannot be used at all, 2 for command-line
-//! mistakes (clap).
+//! Exit codes: 0 success, 1 failure (including an invalid manifest, or a link down for
+//! `status`), 64 (EX_USAGE) when the manifest directory or the stunnel input cannot be used
+//! at all, 2 for command-line mistakes (clap) and when `status` cannot reach the admin
+//! server.
 
 use std::fs;
 use std::io::{self, Write};
@@ -17,6 +18,9 @@ use meshd::config::lint::code_of;
 use meshd::config::stunnel::{self, HostInput, ImportError};
 use meshd::config::{self, ConfigError, Diagnostic, HostPort, PeerName};
 use meshd::keys::{self, KeyError, PublicKey};
+
+#[path = "meshctl/status.rs"]
+mod status;
 
 /// Exit code for an unusable manifest directory (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -80,6 +84,16 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "peers")]
         manifest: PathBuf,
     },
+    /// Show the links of the running meshd: exit 0 when all are up, 1 when any is down,
+    /// 2 when the admin server cannot be reached.
+    Status {
+        /// The daemon's admin address (`admin` in its host config).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+        admin: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -105,6 +119,7 @@ fn main() -> ExitCode {
             out,
             mesh_id,
         } => import_stunnel(&hosts, &addrs, &out, &mesh_id),
+        Command::Status { admin, format } => status::run(&admin, matches!(format, Format::Json)),
     };
     match result {
         Ok(code) => code,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::keys::{MeshSecret, PrivateKey, PublicKey};
 
+mod hash;
 pub mod lint;
 mod raw;
 pub mod stunnel;
@@ -20,6 +21,7 @@ pub mod stunnel;
 mod tests;
 mod validate;
 
+pub use hash::{config_hash, hash_config_files, CONFIG_HASH_LEN};
 pub use validate::{
     check_manifest_dir, is_exposed, lint_manifest, load_config, load_host_config, load_manifest,
 };
@@ -257,6 +259,8 @@ pub struct Config {
     pub mesh_secret: Option<MeshSecret>,
     /// The resolved mesh listen address.
     pub listen: SocketAddr,
+    /// Fingerprint of the files this config was loaded from ([`hash_config_files`]).
+    pub hash: String,
 }
 
 impl Config {

@@ -1010,11 +1010,19 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
             SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)
         }
     };
+    let hash = super::hash_config_files(&host.path, &manifest.dir).map_err(|e| {
+        ConfigError::Invalid(vec![on_host(
+            None,
+            "",
+            format!("cannot read the configuration files to hash them: {e}"),
+        )])
+    })?;
     Ok(Config {
         host,
         manifest,
         private_key,
         mesh_secret,
         listen,
+        hash,
     })
 }

@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::splice::{reset_socket, splice, SpliceEnd};
+use crate::admin::Metrics;
 use crate::config::Forward;
+use crate::link::Direction;
 use crate::link::LinkHandle;
 
 /// Accepts on `listener` until `cancel` fires; streams already open run to completion
@@ -21,6 +23,7 @@ pub async fn serve_forward(
     forward: Arc<Forward>,
     link: watch::Receiver<Option<LinkHandle>>,
     link_wait: Duration,
+    metrics: Arc<Metrics>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
@@ -39,6 +42,7 @@ pub async fn serve_forward(
         let _ = socket.set_nodelay(true);
         let mut link = link.clone();
         let forward = forward.clone();
+        let metrics = metrics.clone();
         tracker.spawn(async move {
             let to = format!("{}/{}", forward.peer, forward.service);
             let ready = tokio::time::timeout(link_wait, async {
@@ -54,6 +58,7 @@ pub async fn serve_forward(
             let handle = ready.unwrap_or(None);
             let Some(handle) = handle else {
                 tracing::warn!(%client, to, "stream refused: link to {} is down", forward.peer);
+                metrics.stream_refused(&forward.peer, &forward.service);
                 reset_socket(socket);
                 return;
             };
@@ -61,12 +66,17 @@ pub async fn serve_forward(
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(%client, to, "stream refused: {e}");
+                    metrics.stream_refused(&forward.peer, &forward.service);
                     reset_socket(socket);
                     return;
                 }
             };
             let id = stream.id;
-            match splice(socket, stream).await {
+            let observer =
+                metrics.stream_opened(&forward.peer, &forward.service, Direction::Dialer);
+            let end = splice(socket, stream, Some(observer.bytes())).await;
+            observer.finish(matches!(end, SpliceEnd::Clean { .. }));
+            match end {
                 SpliceEnd::Clean { sent, received } => {
                     tracing::debug!(%client, to, stream = id, sent, received, "stream closed")
                 }

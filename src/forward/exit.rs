@@ -9,8 +9,9 @@ use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
 use super::splice::{splice, SpliceEnd};
+use crate::admin::Metrics;
 use crate::config::{HostPort, PeerName, Service, ServiceName};
-use crate::link::{Cmd, Exits, StreamHandle};
+use crate::link::{Cmd, Direction, Exits, StreamHandle};
 use crate::proto::frame::OpenError;
 
 /// How long an exit waits for its target to accept.
@@ -22,14 +23,20 @@ const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ExitTable {
     services: RwLock<Arc<BTreeMap<ServiceName, Service>>>,
     tracker: TaskTracker,
+    metrics: Arc<Metrics>,
 }
 
 impl ExitTable {
     /// Builds the table from this host's manifest entry.
-    pub fn new(services: BTreeMap<ServiceName, Service>, tracker: TaskTracker) -> Self {
+    pub fn new(
+        services: BTreeMap<ServiceName, Service>,
+        tracker: TaskTracker,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             services: RwLock::new(Arc::new(services)),
             tracker,
+            metrics,
         }
     }
 
@@ -52,10 +59,12 @@ impl Exits for ExitTable {
         let services = self.services();
         let svc = services.get(&name).ok_or(OpenError::UnknownService)?;
         if !svc.allow.contains(peer) {
+            self.metrics.stream_refused(peer, &name);
             return Err(OpenError::NotAllowed);
         }
         let target = svc.target.clone();
         let peer = peer.clone();
+        let metrics = self.metrics.clone();
         self.tracker.spawn(async move {
             let connect = async {
                 match &target {
@@ -72,6 +81,7 @@ impl Exits for ExitTable {
                         _ => "timed out".to_owned(),
                     };
                     tracing::warn!(%peer, service = %name, %target, reason = "target_unreachable", "open refused: target {target}: {why}");
+                    metrics.stream_refused(&peer, &name);
                     let _ = stream
                         .cmds
                         .send(Cmd::Refuse {
@@ -86,7 +96,10 @@ impl Exits for ExitTable {
             if stream.cmds.send(Cmd::Accept { stream: id }).await.is_err() {
                 return;
             }
-            match splice(socket, stream).await {
+            let observer = metrics.stream_opened(&peer, &name, Direction::Acceptor);
+            let end = splice(socket, stream, Some(observer.bytes())).await;
+            observer.finish(matches!(end, SpliceEnd::Clean { .. }));
+            match end {
                 SpliceEnd::Clean { sent, received } => {
                     tracing::debug!(%peer, service = %name, stream = id, sent, received, "stream closed")
                 }

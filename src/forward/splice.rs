@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
+use crate::admin::ByteCounters;
 use crate::link::{Cmd, StreamEvent, StreamHandle};
 use crate::proto::frame::{ResetCode, HEADER_LEN};
 use crate::proto::handshake::MAX_RECORD_PLAINTEXT;
@@ -43,8 +44,13 @@ enum Abort {
     Local(String),
 }
 
-/// Runs the stream until both directions end or it is aborted.
-pub async fn splice(socket: TcpStream, handle: StreamHandle) -> SpliceEnd {
+/// Runs the stream until both directions end or it is aborted. `counters` see every chunk
+/// as it moves, so the byte metrics follow a long transfer while it runs.
+pub async fn splice(
+    socket: TcpStream,
+    handle: StreamHandle,
+    counters: Option<&ByteCounters>,
+) -> SpliceEnd {
     let StreamHandle {
         id,
         mut events,
@@ -89,6 +95,9 @@ pub async fn splice(socket: TcpStream, handle: StreamHandle) -> SpliceEnd {
                 }
             }
             sent += n as u64;
+            if let Some(c) = counters {
+                c.sent(n as u64);
+            }
             cmds.send(Cmd::Data { stream: id, data })
                 .await
                 .map_err(|_| Abort::Remote("link lost".into()))?;
@@ -103,6 +112,9 @@ pub async fn splice(socket: TcpStream, handle: StreamHandle) -> SpliceEnd {
                         return Err(Abort::Local(format!("local write: {e}")));
                     }
                     received += data.len() as u64;
+                    if let Some(c) = counters {
+                        c.received(data.len() as u64);
+                    }
                     let _ = cmds
                         .send(Cmd::Consumed {
                             stream: id,

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use super::dial::read_exact;
 use super::driver::{Direction, Driver, Exits, CMD_CAPACITY};
 use super::{LinkError, ReplayStore};
+use crate::admin::Metrics;
 use crate::config::{AuthMode, Limits, PeerName};
 use crate::keys::{PairKey, PrivateKey, PublicKey};
 use crate::proto::handshake::{
@@ -139,7 +140,12 @@ impl AcceptContext {
 }
 
 /// Serves the mesh listener until `cancel` fires.
-pub async fn serve_mesh(listener: TcpListener, ctx: Arc<AcceptContext>, cancel: CancellationToken) {
+pub async fn serve_mesh(
+    listener: TcpListener,
+    ctx: Arc<AcceptContext>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
     let pending = Arc::new(Semaphore::new(ctx.policy().limits.max_pending_handshakes));
     loop {
         let (socket, remote) = tokio::select! {
@@ -155,11 +161,13 @@ pub async fn serve_mesh(listener: TcpListener, ctx: Arc<AcceptContext>, cancel: 
             },
         };
         let Ok(permit) = pending.clone().try_acquire_owned() else {
+            metrics.handshake_rejected(&LinkError::Handshake(HandshakeError::Overloaded));
             tracing::warn!(%remote, reason = "overloaded", "handshake rejected: {}", HandshakeError::Overloaded);
             continue;
         };
         let ctx2 = ctx.clone();
         let cancel2 = cancel.clone();
+        let metrics = metrics.clone();
         ctx.tracker.spawn(async move {
             let accepted = tokio::select! {
                 _ = cancel2.cancelled() => return,
@@ -167,15 +175,16 @@ pub async fn serve_mesh(listener: TcpListener, ctx: Arc<AcceptContext>, cancel: 
             };
             drop(permit);
             match accepted {
-                Ok(Ok((peer, socket, session, policy))) => run_inbound(ctx2, peer, socket, session, policy, remote, cancel2).await,
-                Ok(Err(e)) => log_rejection(remote, &e),
-                Err(_) => log_rejection(remote, &LinkError::Handshake(HandshakeError::Timeout)),
+                Ok(Ok(link)) => run_inbound(ctx2, link, remote, metrics, cancel2).await,
+                Ok(Err(e)) => log_rejection(remote, &e, &metrics),
+                Err(_) => log_rejection(remote, &LinkError::Handshake(HandshakeError::Timeout), &metrics),
             }
         });
     }
 }
 
-fn log_rejection(remote: SocketAddr, err: &LinkError) {
+fn log_rejection(remote: SocketAddr, err: &LinkError, metrics: &Metrics) {
+    metrics.handshake_rejected(err);
     let peer = match err {
         LinkError::Handshake(
             HandshakeError::UnknownPeer(p)
@@ -190,7 +199,7 @@ fn log_rejection(remote: SocketAddr, err: &LinkError) {
 async fn accept_handshake(
     ctx: &AcceptContext,
     mut socket: TcpStream,
-) -> Result<(PeerName, TcpStream, Session, Arc<AcceptPolicy>), LinkError> {
+) -> Result<Authenticated, LinkError> {
     let mut pre = [0u8; PREAMBLE_LEN];
     read_exact(&mut socket, &mut pre).await?;
     let preamble = Preamble::decode(&pre)?;
@@ -236,18 +245,35 @@ async fn accept_handshake(
     let (msg2, session) = responder.finish()?;
     socket.write_all(&msg2).await?;
     let _ = socket.set_nodelay(true);
-    Ok((peer, socket, session, policy))
+    Ok(Authenticated {
+        peer,
+        socket,
+        session,
+        policy,
+    })
 }
 
-async fn run_inbound(
-    ctx: Arc<AcceptContext>,
+/// A connection whose handshake succeeded, with the policy it succeeded under.
+struct Authenticated {
     peer: PeerName,
     socket: TcpStream,
     session: Session,
     policy: Arc<AcceptPolicy>,
+}
+
+async fn run_inbound(
+    ctx: Arc<AcceptContext>,
+    link: Authenticated,
     remote: SocketAddr,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
+    let Authenticated {
+        peer,
+        socket,
+        session,
+        policy,
+    } = link;
     let link_cancel = cancel.child_token();
     let id = ctx
         .next_link_id
@@ -266,6 +292,7 @@ async fn run_inbound(
         link_cancel.cancel();
     }
     let (tx, rx) = mpsc::channel(CMD_CAPACITY);
+    let observer = metrics.link_up(&peer, Direction::Acceptor);
     let driver = Driver::new(
         peer.clone(),
         Direction::Acceptor,
@@ -273,12 +300,14 @@ async fn run_inbound(
         &policy.limits,
         tx,
         Some(ctx.exits.clone()),
+        observer.rtt(),
     );
     let started = Instant::now();
     tracing::info!(peer = %peer, direction = "acceptor", %remote, "link up");
     let err = driver
         .run(socket, rx, link_cancel, CancellationToken::new())
         .await;
+    observer.down(&err);
     {
         let mut inbound = ctx.inbound.lock().unwrap_or_else(|p| p.into_inner());
         if inbound.get(&peer).is_some_and(|(cur, _)| *cur == id) {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::driver::{Direction, Driver, CMD_CAPACITY};
 use super::{Backoff, BackoffConfig, LinkError, LinkHandle};
+use crate::admin::Metrics;
 use crate::config::{AuthMode, HostPort, Limits, PeerName};
 use crate::keys::{PairKey, PrivateKey, PublicKey};
 use crate::proto::handshake::{self, HandshakeError, PairParams, Session, MAX_HANDSHAKE_MSG};
@@ -118,6 +119,7 @@ impl DialContext {
 pub async fn supervise(
     ctx: Arc<DialContext>,
     slot: LinkSlot,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
     drain: CancellationToken,
 ) {
@@ -137,6 +139,7 @@ pub async fn supervise(
                     peer: ctx.peer.clone(),
                     cmds: tx.clone(),
                 };
+                let observer = metrics.link_up(&ctx.peer, Direction::Dialer);
                 let driver = Driver::new(
                     ctx.peer.clone(),
                     Direction::Dialer,
@@ -144,6 +147,7 @@ pub async fn supervise(
                     &ctx.limits,
                     tx,
                     None,
+                    observer.rtt(),
                 );
                 let started = Instant::now();
                 tracing::info!(peer = %ctx.peer, direction = "dialer", %endpoint, "link up");
@@ -151,6 +155,7 @@ pub async fn supervise(
                 slot.send_replace(Some(handle));
                 let err = driver.run(socket, rx, link_cancel, drain.clone()).await;
                 slot.send_replace(None);
+                observer.down(&err);
                 if drain.is_cancelled() {
                     tracing::info!(peer = %ctx.peer, direction = "dialer", reason = err.reason(), "link closed: {err}");
                     return;
@@ -168,6 +173,7 @@ pub async fn supervise(
                 backoff.link_ended(started.elapsed());
             }
             Err(err) => {
+                metrics.dial_failed(&ctx.peer, &err);
                 // Log the first failures, then every 10th, so a long outage does not flood.
                 if failures_logged < 3 || failures_logged % 10 == 0 {
                     tracing::warn!(

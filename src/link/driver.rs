@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::{Cmd, LinkError, OpenFailure, StreamEvent, StreamHandle};
+use crate::admin::RttObserver;
 use crate::config::{Limits, PeerName};
 use crate::proto::frame::{OpenError, ResetCode, StreamId};
 use crate::proto::handshake::{Session, MAX_RECORD_PLAINTEXT, TAG_LEN};
@@ -105,6 +106,7 @@ pub(crate) struct Driver {
     plain_out: Vec<u8>,
     wbuf: Vec<u8>,
     wpos: usize,
+    rtt: RttObserver,
 }
 
 impl Driver {
@@ -115,6 +117,7 @@ impl Driver {
         limits: &Limits,
         cmds_tx: mpsc::Sender<Cmd>,
         exits: Option<Arc<dyn Exits>>,
+        rtt: RttObserver,
     ) -> Self {
         let role = match direction {
             Direction::Dialer => Role::Dialer,
@@ -133,6 +136,7 @@ impl Driver {
             plain_out: Vec::with_capacity(MAX_RECORD_PLAINTEXT),
             wbuf: Vec::with_capacity(WRITE_HIGH_WATER + 2 * 65536),
             wpos: 0,
+            rtt,
         }
     }
 
@@ -337,6 +341,7 @@ impl Driver {
                     }
                 }
                 Event::Rtt(rtt) => {
+                    self.rtt.observe(rtt);
                     tracing::trace!(peer = %self.peer, rtt_us = rtt.as_micros() as u64, "pong");
                 }
                 Event::GoAway { reason } => {

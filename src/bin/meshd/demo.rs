@@ -122,6 +122,7 @@ async fn localize(mut manifest: Manifest, dir: &Path) -> Result<Vec<Config>> {
             private_key,
             mesh_secret: Some(MeshSecret::from_bytes(secret)),
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            hash: "demo".to_owned(),
         });
     }
     Ok(configs)
@@ -158,6 +159,12 @@ async fn demo(manifest_dir: Option<PathBuf>, keep: bool) -> Result<()> {
         let daemon = meshd::daemon::Daemon::start(cfg, cancel.clone())
             .await
             .map_err(|e| anyhow!("{e}"))?;
+        if let Some(admin) = daemon.bound().admin {
+            println!(
+                "  {:<16} admin at http://{admin}/status (and /metrics, /healthz)",
+                me.name.as_str()
+            );
+        }
         for (to, addr) in daemon.bound().forwards {
             routes.push((me.name.to_string(), to, addr));
         }

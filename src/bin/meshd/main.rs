@@ -148,7 +148,10 @@ async fn run_daemon(path: PathBuf) -> ExitCode {
 async fn reload(daemon: &mut Daemon, path: &std::path::Path) -> Result<String, String> {
     let result = match meshd::config::load_config(path) {
         Ok(cfg) => daemon.reload(cfg).await.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("invalid configuration, nothing changed:\n{e}")),
+        Err(e) => {
+            daemon.reload_rejected();
+            Err(format!("invalid configuration, nothing changed:\n{e}"))
+        }
     };
     match &result {
         Ok(summary) => tracing::info!("reload applied: {summary}"),

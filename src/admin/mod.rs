@@ -1,0 +1,133 @@
+//! The admin HTTP server and the daemon's metrics: `GET /metrics` (OpenMetrics text from
+//! one prometheus-client registry), `GET /healthz` (200 `ok`, or 503 listing the required
+//! links that are down) and `GET /status` (JSON, read by `meshctl status`).
+//!
+//! The server is a hand-written HTTP/1.1 subset (see `http`): three fixed GET routes, one
+//! request per connection, need no router, no keep-alive and no request bodies, and the
+//! whole of it fits in one screen and is tested without a socket.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+mod http;
+mod metrics;
+mod status;
+
+pub use http::{parse_head, Head, Response, IO_DEADLINE, MAX_HEAD};
+pub use metrics::{ByteCounters, LinkObserver, Metrics, RttObserver, StreamObserver, StreamResult};
+pub use status::{LinkReport, StatusReport};
+
+/// Admin connections served at once; more are closed at once (a scraper and an operator
+/// need a handful).
+const MAX_CONNECTIONS: usize = 32;
+
+/// The OpenMetrics content type Prometheus negotiates for.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What the admin routes read.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// This host's peer name.
+    pub host: String,
+    /// The daemon's metrics.
+    pub metrics: Arc<Metrics>,
+    /// When the daemon started.
+    pub started: Instant,
+}
+
+impl AdminState {
+    /// Answers one GET.
+    pub fn route(&self, path: &str) -> Response {
+        match path {
+            "/metrics" => Response {
+                status: 200,
+                content_type: OPENMETRICS,
+                body: self.metrics.encode(),
+            },
+            "/healthz" => match self.metrics.unhealthy() {
+                None => Response::text(200, "ok\n"),
+                Some(why) => Response::text(503, format!("{why}\n")),
+            },
+            "/status" => {
+                let report =
+                    self.metrics
+                        .status(&self.host, &self.metrics.config_hash(), self.started);
+                match serde_json::to_string_pretty(&report) {
+                    Ok(mut body) => {
+                        body.push('\n');
+                        Response {
+                            status: 200,
+                            content_type: "application/json",
+                            body,
+                        }
+                    }
+                    Err(e) => Response::text(500, format!("{e}\n")),
+                }
+            }
+            _ => Response::text(404, "not found; try /metrics, /healthz or /status\n"),
+        }
+    }
+}
+
+/// True for addresses only this host can reach.
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// Logs a warning when the admin server listens beyond this host: `/status` names every
+/// peer and link, which is not for the internet (the default is loopback).
+pub fn warn_if_exposed(addr: SocketAddr) {
+    if !is_loopback(&addr) {
+        tracing::warn!(
+            %addr,
+            "admin server listens on a non-loopback address: /metrics and /status are \
+             unauthenticated; restrict access with a firewall or set admin = \"127.0.0.1:9464\""
+        );
+    }
+}
+
+/// Serves the admin listener until `cancel` fires.
+pub async fn serve_admin(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let socket = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let state = state.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = http::serve_connection(socket, |path| state.route(path)) => {}
+            }
+            drop(permit);
+        });
+    }
+}

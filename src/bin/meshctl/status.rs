@@ -1,0 +1,187 @@
+//! `meshctl status`: fetches `/status` from a running meshd's admin server and prints it
+//! as a table a person reads at a glance (or as JSON).
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use meshd::admin::{LinkReport, StatusReport};
+
+/// Exit code when the admin server cannot be reached (the daemon is not running, or
+/// `--admin` is wrong): distinct from 1, "reached, and a link is down".
+const EX_UNREACHABLE: u8 = 2;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn run(admin: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let report = match fetch(admin) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "meshctl: cannot reach the meshd admin server at {admin}: {e:#}\n\
+                 (is meshd running? --admin must match `admin` in its host config)"
+            );
+            return Ok(ExitCode::from(EX_UNREACHABLE));
+        }
+    };
+    let mut stdout = io::stdout().lock();
+    if json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        write!(stdout, "{}", render(&report))?;
+    }
+    stdout.flush()?;
+    Ok(if report.down().next().is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn fetch(admin: &str) -> anyhow::Result<StatusReport> {
+    let addrs: Vec<_> = admin
+        .to_socket_addrs()
+        .with_context(|| format!("bad address {admin:?} (want HOST:PORT)"))?
+        .collect();
+    let mut last = None;
+    let mut socket = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                socket = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let Some(mut socket) = socket else {
+        match last {
+            Some(e) => return Err(e.into()),
+            None => bail!("{admin:?} resolves to no address"),
+        }
+    };
+    socket.set_read_timeout(Some(IO_TIMEOUT))?;
+    socket.set_write_timeout(Some(IO_TIMEOUT))?;
+    write!(
+        socket,
+        "GET /status HTTP/1.1\r\nHost: {admin}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    socket.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        bail!("not an HTTP response");
+    };
+    let status_line = head.lines().next().unwrap_or("");
+    if status_line.split(' ').nth(1) != Some("200") {
+        bail!("GET /status answered {status_line:?}: is this a meshd admin address?");
+    }
+    serde_json::from_str(body).context("GET /status returned something else than meshd status")
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn human_age(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m{:02}s ago", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m ago", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h ago", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+fn row(l: &LinkReport) -> [String; 10] {
+    [
+        l.peer.clone(),
+        l.direction.clone(),
+        if l.state == "up" {
+            "up".to_owned()
+        } else {
+            "DOWN".to_owned()
+        },
+        l.rtt_ms.map_or("-".to_owned(), |ms| format!("{ms:.2} ms")),
+        l.last_handshake_age_s.map_or("never".to_owned(), human_age),
+        l.streams.to_string(),
+        human_bytes(l.bytes_in),
+        human_bytes(l.bytes_out),
+        l.reconnects.to_string(),
+        l.last_error.clone().unwrap_or_else(|| "-".to_owned()),
+    ]
+}
+
+/// The table: a header line about the host, then one row per link.
+pub fn render(r: &StatusReport) -> String {
+    let down = r.down().count();
+    let mut out = format!(
+        "host {}  config {}  meshd {}  up {}\n",
+        r.host,
+        r.config_hash,
+        r.version,
+        human_age(r.uptime_s).trim_end_matches(" ago")
+    );
+    if r.links.is_empty() {
+        out.push_str("no links: this host has no forwards and no peer has dialed it\n");
+        return out;
+    }
+    let header = [
+        "PEER",
+        "DIRECTION",
+        "STATE",
+        "RTT",
+        "HANDSHAKE",
+        "STREAMS",
+        "IN",
+        "OUT",
+        "RECONNECTS",
+        "LAST ERROR",
+    ]
+    .map(str::to_owned);
+    let rows: Vec<[String; 10]> = std::iter::once(header)
+        .chain(r.links.iter().map(row))
+        .collect();
+    let mut widths = [0usize; 10];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i == row.len() - 1 {
+                line.push_str(cell);
+            } else {
+                // Numbers align right, words left.
+                let numeric = matches!(i, 3 | 5 | 6 | 7 | 8);
+                if numeric {
+                    line.push_str(&format!("{cell:>w$}  ", w = widths[i]));
+                } else {
+                    line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+                }
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if down == 0 {
+        out.push_str(&format!("all {} links up\n", r.links.len()));
+    } else {
+        out.push_str(&format!("{down} of {} links DOWN\n", r.links.len()));
+    }
+    out
+}
