@@ -9,11 +9,12 @@ pub mod client;
 pub mod data;
 pub mod mesh;
 pub mod pg;
+pub mod ports;
 pub mod redis;
 pub mod servers;
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 /// How often the bounded waits poll their condition.
@@ -24,11 +25,7 @@ pub fn free_port() -> u16 {
     free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-/// A port that was free on `ip` a moment ago.
-pub fn free_port_on(ip: IpAddr) -> u16 {
-    let listener = TcpListener::bind((ip, 0)).expect("bind an ephemeral port");
-    listener.local_addr().expect("local_addr").port()
-}
+pub use ports::free_port_on;
 
 /// Polls `cond` every 20 ms until it holds; panics naming `what` after `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {

@@ -43,11 +43,11 @@ pub fn eventually<T>(what: &str, f: impl FnMut() -> Result<T, String>) -> T {
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    ports::free_port_on(std::net::Ipv4Addr::LOCALHOST.into())
 }
+
+#[path = "../common/ports.rs"]
+mod ports;
 
 /// `GET path` over HTTP/1.1; returns the status code and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {

@@ -35,9 +35,20 @@ fn default_manifest() -> PathBuf {
     }
 }
 
-async fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    Ok(l.local_addr()?.port())
+/// Loopback ports for the demo daemons. Each stays bound until `release`, so no two
+/// daemons (nor an admin server) are handed the same port.
+#[derive(Default)]
+struct Ports(Vec<std::net::TcpListener>);
+
+impl Ports {
+    fn take(&mut self) -> Result<u16> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        self.0.push(l);
+        Ok(port)
+    }
+
+    fn release(self) {}
 }
 
 /// Starts a stand-in server for a service and returns its address.
@@ -86,19 +97,19 @@ async fn stand_in(service: &str, owner: &str) -> Result<SocketAddr> {
 }
 
 /// Rewrites the example manifest for one machine: fresh keys, loopback ports, stand-ins.
-async fn localize(mut manifest: Manifest, dir: &Path) -> Result<Vec<Config>> {
+async fn localize(mut manifest: Manifest, dir: &Path, ports: &mut Ports) -> Result<Vec<Config>> {
     let mut keys_by_peer = Vec::new();
     for peer in manifest.peers.values_mut() {
         let (private, public) = keys::generate_keypair()?;
         peer.public_key = public;
-        let port = free_port().await?;
+        let port = ports.take()?;
         peer.endpoints = vec![HostPort::Addr(SocketAddr::from(([127, 0, 0, 1], port)))];
         for (name, service) in peer.services.iter_mut() {
             let addr = stand_in(name.as_str(), peer.name.as_str()).await?;
             service.target = HostPort::Addr(addr);
         }
         for fwd in peer.forwards.iter_mut() {
-            fwd.listen = SocketAddr::from(([127, 0, 0, 1], free_port().await?));
+            fwd.listen = SocketAddr::from(([127, 0, 0, 1], ports.take()?));
         }
         keys_by_peer.push((peer.name.clone(), private, port));
     }
@@ -114,7 +125,7 @@ async fn localize(mut manifest: Manifest, dir: &Path) -> Result<Vec<Config>> {
                 manifest: manifest.dir.clone(),
                 key: dir.join("unused.key"),
                 listen: None,
-                admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+                admin: SocketAddr::from(([127, 0, 0, 1], ports.take()?)),
                 mesh_secret: None,
                 state_dir,
             },
@@ -142,7 +153,9 @@ async fn demo(manifest_dir: Option<PathBuf>, keep: bool) -> Result<()> {
     );
     let state = std::env::temp_dir().join(format!("meshd-demo-{}", std::process::id()));
     std::fs::create_dir_all(&state)?;
-    let configs = localize(manifest, &state).await?;
+    let mut ports = Ports::default();
+    let configs = localize(manifest, &state, &mut ports).await?;
+    ports.release();
     let cancel = CancellationToken::new();
     let mut routes = Vec::new();
     let mut done = Vec::new();

@@ -150,7 +150,9 @@ async fn reload(daemon: &mut Daemon, path: &std::path::Path) -> Result<String, S
         Ok(cfg) => daemon.reload(cfg).await.map_err(|e| e.to_string()),
         Err(e) => {
             daemon.reload_rejected();
-            Err(format!("invalid configuration, nothing changed:\n{e}"))
+            // One log line, so the reason travels with the event in journald and greps.
+            let why = e.to_string().replace('\n', "; ");
+            Err(format!("invalid configuration, nothing changed: {why}"))
         }
     };
     match &result {
