@@ -122,6 +122,7 @@ pub struct Daemon {
     mesh_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
+    reload_requests: Option<tokio::sync::mpsc::Receiver<admin::ReloadRequest>>,
     accept: Arc<AcceptContext>,
     exits: Arc<ExitTable>,
     entrances: BTreeMap<SocketAddr, Entrance>,
@@ -253,7 +254,9 @@ impl Daemon {
             metrics.clone(),
             cancel.clone(),
         ));
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
         let admin_state = Arc::new(AdminState {
+            reload: Some(reload_tx),
             host: cfg.host.name.to_string(),
             metrics: metrics.clone(),
             started: std::time::Instant::now(),
@@ -271,6 +274,7 @@ impl Daemon {
             mesh_addr,
             admin_addr,
             metrics,
+            reload_requests: Some(reload_rx),
             accept,
             exits,
             entrances: BTreeMap::new(),
@@ -310,6 +314,14 @@ impl Daemon {
                 .collect(),
             admin: self.admin_addr,
         }
+    }
+
+    /// Reload requests from `POST /reload` (`meshctl reload`), for the owner of the
+    /// daemon to serve with [`Daemon::reload`]; `None` once taken.
+    pub fn take_reload_requests(
+        &mut self,
+    ) -> Option<tokio::sync::mpsc::Receiver<admin::ReloadRequest>> {
+        self.reload_requests.take()
     }
 
     /// The running configuration.

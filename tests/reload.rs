@@ -17,6 +17,33 @@ const LINK_UP: Duration = Duration::from_secs(10);
 const LOG: Duration = Duration::from_secs(10);
 const ECHO: Duration = Duration::from_secs(10);
 
+/// `meshctl ARGS...`: exit code, stdout, stderr.
+fn meshctl(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(args)
+        .output()
+        .expect("run meshctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `GET /metrics` from a daemon's admin server.
+fn metrics_text(admin: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).expect("connect admin");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read metrics");
+    out
+}
+
 fn sighup(mesh: &mut TestMesh, name: &str) {
     let pid = mesh
         .pid(name)
@@ -95,9 +122,37 @@ async fn onboarding_a_peer_by_reload_keeps_a_long_lived_stream() {
             public: false,
         });
     after.write(&mesh.manifest_dir());
+    // c's own file comes from `meshctl add-peer` on c, with its forward appended.
+    let c_file = mesh.manifest_dir().join("c.toml");
+    std::fs::remove_file(&c_file).expect("remove c.toml");
+    std::fs::remove_file(mesh.key_path("c")).expect("remove c's key");
+    let manifest = mesh.manifest_dir();
+    let key = mesh.key_path("c");
+    let endpoint = mesh.mesh_addr("c").to_string();
+    let (code, out, err) = meshctl(&[
+        "add-peer",
+        "c",
+        "--endpoint",
+        &endpoint,
+        "--manifest",
+        manifest.to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "add-peer failed:\n{out}\n{err}");
+    let mut text = std::fs::read_to_string(&c_file).expect("read c.toml");
+    text.push_str(&format!(
+        "\n[[forwards]]\nlisten = \"{}\"\nto = \"a/echo\"\n",
+        mesh.forward_addr("c", "a/echo")
+    ));
+    std::fs::write(&c_file, text).expect("append c's forward");
+
     let hup = Instant::now();
     sighup(&mut mesh, "a");
-    sighup(&mut mesh, "b");
+    let admin = mesh.admin_addr("b").to_string();
+    let (code, out, err) = meshctl(&["reload", "--admin", &admin]);
+    assert_eq!(code, 0, "meshctl reload failed:\n{out}\n{err}");
+    assert!(out.contains("reloaded"), "{out}");
     let new_forward = until_echo(SocketAddr::from(([127, 0, 0, 1], extra_port)), hup).await;
     eprintln!("SIGHUP -> new forward accepting and carrying a stream: {new_forward:?}");
     mesh.wait_for_log("b", "config reloaded", LOG).await;
@@ -129,7 +184,20 @@ async fn invalid_manifest_on_reload_changes_nothing() {
     let file = mesh.manifest_dir().join("a.toml");
     let good = std::fs::read_to_string(&file).expect("read a.toml");
     std::fs::write(&file, format!("{good}\nbogus_field = 1\n")).expect("break a.toml");
-    sighup(&mut mesh, "a");
+    let admin = mesh.admin_addr("a");
+    let (code, out, err) = meshctl(&["reload", "--admin", &admin.to_string()]);
+    assert_eq!(
+        code, 1,
+        "meshctl reload of an invalid manifest:\n{out}\n{err}"
+    );
+    assert!(
+        err.contains("bogus_field") && err.contains("a.toml"),
+        "{err}"
+    );
+    assert!(
+        metrics_text(admin).contains("meshd_config_reloads_total{result=\"failure\"} 1"),
+        "the reload failure was not counted"
+    );
     sighup(&mut mesh, "b");
     let line = mesh
         .wait_for_log_line("a", &["reload failed", "bogus_field"], LOG)

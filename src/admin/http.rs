@@ -81,13 +81,14 @@ impl Response {
             400 => "Bad Request",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            422 => "Unprocessable Content",
             431 => "Request Header Fields Too Large",
             500 => "Internal Server Error",
             503 => "Service Unavailable",
             _ => "",
         };
         let allow = if self.status == 405 {
-            "Allow: GET\r\n"
+            "Allow: GET, POST\r\n"
         } else {
             ""
         };
@@ -104,23 +105,23 @@ impl Response {
     }
 }
 
-/// Serves one connection: reads a head, asks `route(path)` for GET requests, answers, and
-/// closes. Errors and slow clients just end the connection.
-pub async fn serve_connection<F>(mut socket: TcpStream, route: F)
+/// Serves one connection: reads a head, asks `route(method, path)` for the answer, sends
+/// it, and closes. Errors and slow clients just end the connection.
+pub async fn serve_connection<F, Fut>(mut socket: TcpStream, route: F)
 where
-    F: FnOnce(&str) -> Response,
+    F: FnOnce(String, String) -> Fut,
+    Fut: std::future::Future<Output = Response>,
 {
     let mut buf = Vec::with_capacity(1024);
     let read = async {
         loop {
             match parse_head(&buf) {
                 Head::Incomplete if buf.len() >= MAX_HEAD => {
-                    return Some(Response::text(431, "request head too large\n"))
+                    return Some(Err(Response::text(431, "request head too large\n")))
                 }
                 Head::Incomplete => {}
-                Head::Bad => return Some(Response::text(400, "bad request\n")),
-                Head::Request { method, path } if method == "GET" => return Some(route(&path)),
-                Head::Request { .. } => return Some(Response::text(405, "only GET\n")),
+                Head::Bad => return Some(Err(Response::text(400, "bad request\n"))),
+                Head::Request { method, path } => return Some(Ok((method, path))),
             }
             let mut chunk = [0u8; 1024];
             let room = (MAX_HEAD - buf.len()).min(chunk.len());
@@ -130,8 +131,12 @@ where
             }
         }
     };
-    let Ok(Some(response)) = tokio::time::timeout(IO_DEADLINE, read).await else {
+    let Ok(Some(request)) = tokio::time::timeout(IO_DEADLINE, read).await else {
         return;
+    };
+    let response = match request {
+        Ok((method, path)) => route(method, path).await,
+        Err(early) => early,
     };
     let bytes = response.encode();
     let write = async {

@@ -30,9 +30,17 @@ const MAX_CONNECTIONS: usize = 32;
 /// The OpenMetrics content type Prometheus negotiates for.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// A reload asked for over HTTP: the daemon answers with its summary or the error.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<String, String>>;
+
+/// How long `POST /reload` waits for the daemon to answer.
+const RELOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What the admin routes read.
 #[derive(Debug, Clone)]
 pub struct AdminState {
+    /// Where `POST /reload` sends its request (the daemon's main loop owns the receiver).
+    pub reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
     /// This host's peer name.
     pub host: String,
     /// The daemon's metrics.
@@ -42,8 +50,35 @@ pub struct AdminState {
 }
 
 impl AdminState {
+    /// Answers one request: GETs of the read-only routes, `POST /reload`.
+    pub async fn route(&self, method: &str, path: &str) -> Response {
+        match (method, path) {
+            ("GET", path) => self.get(path),
+            ("POST", "/reload") => self.reload().await,
+            (_, "/reload") => Response::text(405, "use POST /reload\n"),
+            _ => Response::text(405, "only GET, and POST /reload\n"),
+        }
+    }
+
+    /// Re-reads and applies the configuration, as SIGHUP does, and reports the outcome:
+    /// 200 with the summary, 422 with every error when nothing was changed.
+    async fn reload(&self) -> Response {
+        let Some(tx) = &self.reload else {
+            return Response::text(503, "reload is not available in this process\n");
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if tx.send(reply).await.is_err() {
+            return Response::text(503, "meshd is shutting down\n");
+        }
+        match tokio::time::timeout(RELOAD_DEADLINE, answer).await {
+            Ok(Ok(Ok(summary))) => Response::text(200, format!("reloaded: {summary}\n")),
+            Ok(Ok(Err(why))) => Response::text(422, format!("reload failed: {why}\n")),
+            _ => Response::text(500, "reload did not answer\n"),
+        }
+    }
+
     /// Answers one GET.
-    pub fn route(&self, path: &str) -> Response {
+    fn get(&self, path: &str) -> Response {
         match path {
             "/metrics" => Response {
                 status: 200,
@@ -125,7 +160,9 @@ pub async fn serve_admin(
         tracker.spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = http::serve_connection(socket, |path| state.route(path)) => {}
+                _ = http::serve_connection(socket, |method, path| async move {
+                    state.route(&method, &path).await
+                }) => {}
             }
             drop(permit);
         });

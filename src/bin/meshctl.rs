@@ -84,6 +84,15 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "peers")]
         manifest: PathBuf,
     },
+    /// Ask the running meshd to re-read its host config and manifest and apply the
+    /// difference (as SIGHUP does): exit 0 when the new configuration runs, 1 when it was
+    /// refused (every error printed; the old configuration keeps running), 2 when the
+    /// admin server cannot be reached.
+    Reload {
+        /// The daemon's admin address (`admin` in its host config).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+        admin: String,
+    },
     /// Show the links of the running meshd: exit 0 when all are up, 1 when any is down,
     /// 2 when the admin server cannot be reached.
     Status {
@@ -120,6 +129,7 @@ fn main() -> ExitCode {
             mesh_id,
         } => import_stunnel(&hosts, &addrs, &out, &mesh_id),
         Command::Status { admin, format } => status::run(&admin, matches!(format, Format::Json)),
+        Command::Reload { admin } => status::reload(&admin),
     };
     match result {
         Ok(code) => code,

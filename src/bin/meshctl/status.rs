@@ -41,6 +41,15 @@ pub fn run(admin: &str, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn fetch(admin: &str) -> anyhow::Result<StatusReport> {
+    let (status, body) = request(admin, "GET", "/status")?;
+    if status != 200 {
+        bail!("GET /status answered {status}: is this a meshd admin address?");
+    }
+    serde_json::from_str(&body).context("GET /status returned something else than meshd status")
+}
+
+/// Sends one request to the admin server; returns the status code and the body.
+pub fn request(admin: &str, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let addrs: Vec<_> = admin
         .to_socket_addrs()
         .with_context(|| format!("bad address {admin:?} (want HOST:PORT)"))?
@@ -62,11 +71,12 @@ fn fetch(admin: &str) -> anyhow::Result<StatusReport> {
             None => bail!("{admin:?} resolves to no address"),
         }
     };
-    socket.set_read_timeout(Some(IO_TIMEOUT))?;
+    // A reload may take a moment (binding, re-reading files): allow it more time.
+    socket.set_read_timeout(Some(IO_TIMEOUT * 8))?;
     socket.set_write_timeout(Some(IO_TIMEOUT))?;
     write!(
         socket,
-        "GET /status HTTP/1.1\r\nHost: {admin}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     socket.read_to_end(&mut raw)?;
@@ -75,10 +85,33 @@ fn fetch(admin: &str) -> anyhow::Result<StatusReport> {
         bail!("not an HTTP response");
     };
     let status_line = head.lines().next().unwrap_or("");
-    if status_line.split(' ').nth(1) != Some("200") {
-        bail!("GET /status answered {status_line:?}: is this a meshd admin address?");
+    let Some(status) = status_line.split(' ').nth(1).and_then(|c| c.parse().ok()) else {
+        bail!("not an HTTP status line: {status_line:?}");
+    };
+    Ok((status, body.to_owned()))
+}
+
+/// `meshctl reload`: asks the daemon to re-read its config and manifest. Exit 0 when the
+/// new configuration is running, 1 when it was refused (the old one keeps running), 2 when
+/// the admin server cannot be reached.
+pub fn reload(admin: &str) -> anyhow::Result<ExitCode> {
+    match request(admin, "POST", "/reload") {
+        Ok((200, body)) => {
+            print!("{body}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok((_, body)) => {
+            eprint!("meshctl: {body}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!(
+                "meshctl: cannot reach the meshd admin server at {admin}: {e:#}\n\
+                 (is meshd running? --admin must match `admin` in its host config)"
+            );
+            Ok(ExitCode::from(EX_UNREACHABLE))
+        }
     }
-    serde_json::from_str(body).context("GET /status returned something else than meshd status")
 }
 
 fn human_bytes(n: u64) -> String {

@@ -125,16 +125,22 @@ async fn run_daemon(path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let mut requests = daemon.take_reload_requests();
     notify_systemd("READY=1");
     loop {
-        match signals.next().await {
-            Signal::Stop => break,
-            Signal::Reload => {
-                notify_systemd("RELOADING=1");
-                let _ = reload(&mut daemon, &path).await;
-                notify_systemd("READY=1");
-            }
+        let reply = tokio::select! {
+            signal = signals.next() => match signal {
+                Signal::Stop => break,
+                Signal::Reload => None,
+            },
+            Some(reply) = next_request(&mut requests) => Some(reply),
+        };
+        notify_systemd("RELOADING=1");
+        let result = reload(&mut daemon, &path).await;
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
         }
+        notify_systemd("READY=1");
     }
     notify_systemd("STOPPING=1");
     tracing::info!("shutting down: no new connections; draining open streams");
@@ -160,6 +166,16 @@ async fn reload(daemon: &mut Daemon, path: &std::path::Path) -> Result<String, S
         Err(e) => tracing::error!("reload failed; the previous configuration keeps running: {e}"),
     }
     result.map(|s| s.to_string())
+}
+
+/// The next `POST /reload`, or never when there is no admin channel.
+async fn next_request(
+    requests: &mut Option<tokio::sync::mpsc::Receiver<meshd::admin::ReloadRequest>>,
+) -> Option<meshd::admin::ReloadRequest> {
+    match requests {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 enum Signal {
