@@ -189,7 +189,7 @@ mod tests {
         let r = String::from_utf8(Response::text(405, "no\n").encode()).expect("utf-8");
         assert!(r.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{r}");
         assert!(r.contains("Content-Length: 3\r\n"));
-        assert!(r.contains("Allow: GET\r\n"));
+        assert!(r.contains("Allow: GET, POST\r\n"));
         assert!(r.contains("Connection: close\r\n"));
         assert!(r.ends_with("\r\n\r\nno\n"));
     }
