@@ -102,8 +102,6 @@ pub(crate) struct Driver {
     exits: Option<Arc<dyn Exits>>,
     window: u32,
     rbuf: BytesMut,
-    plain_in: BytesMut,
-    plain_out: Vec<u8>,
     wbuf: Vec<u8>,
     wpos: usize,
     rtt: RttObserver,
@@ -132,8 +130,6 @@ impl Driver {
             exits,
             window: limits.stream_window,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
-            plain_in: BytesMut::new(),
-            plain_out: Vec::with_capacity(MAX_RECORD_PLAINTEXT),
             wbuf: Vec::with_capacity(WRITE_HIGH_WATER + 2 * 65536),
             wpos: 0,
             rtt,
@@ -253,11 +249,13 @@ impl Driver {
             self.wpos = 0;
         }
         while self.wbuf.len() - self.wpos < WRITE_HIGH_WATER {
-            self.plain_out.clear();
-            if !self.mux.poll_transmit(&mut self.plain_out) {
+            // Frames are written straight into the socket buffer and sealed where they lie.
+            let start = Session::begin_record(&mut self.wbuf);
+            if !self.mux.poll_transmit(&mut self.wbuf) {
+                self.wbuf.truncate(start);
                 break;
             }
-            self.session.seal(&self.plain_out, &mut self.wbuf)?;
+            self.session.seal_record(&mut self.wbuf, start)?;
         }
         Ok(())
     }
@@ -273,17 +271,13 @@ impl Driver {
             if self.rbuf.len() < 2 + len {
                 break;
             }
-            let plain_len = len - TAG_LEN;
-            if self.plain_in.capacity() < plain_len {
-                self.plain_in.reserve(READ_CHUNK);
-            }
-            self.plain_in.resize(plain_len, 0);
-            let n = self
-                .session
-                .open(&self.rbuf[2..2 + len], &mut self.plain_in[..plain_len])?;
-            self.rbuf.advance(2 + len);
-            let record = self.plain_in.split_to(n).freeze();
-            self.plain_in.clear();
+            // Opened inside the read buffer; the plaintext goes to the mux (and on to the
+            // streams) without a copy.
+            let mut record = self.rbuf.split_to(2 + len);
+            record.advance(2);
+            let n = self.session.open_in_place(&mut record)?;
+            record.truncate(n);
+            let record = record.freeze();
             self.mux.handle_record(record, now)?;
             self.dispatch_events();
         }

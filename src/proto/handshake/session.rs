@@ -1,7 +1,19 @@
 //! The record layer of an established link: `u16 length ‖ AEAD ciphertext`, one Noise
 //! transport message per record. Any AEAD or nonce error is fatal: there is no resync.
+//!
+//! The cipher states are Noise's (AES-256-GCM, 96-bit nonce = 32 zero bits ‖ 64-bit
+//! big-endian counter, empty associated data, keys from the handshake's Split()), run
+//! through ring directly rather than through snow's `TransportState`, because snow's
+//! transport copies every message into a separate output buffer before sealing or opening
+//! it in place. Here the multiplexer writes frames straight into the socket buffer, which
+//! is sealed where it lies, and a received record is opened inside the read buffer and
+//! handed on without a copy. A test checks that the bytes on the wire are exactly what
+//! snow's own transport produces and accepts.
 
 use std::fmt;
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use zeroize::Zeroize;
 
 use super::HandshakeError;
 
@@ -21,14 +33,44 @@ pub enum RecordError {
     /// A record shorter than its tag, or a plaintext larger than the limit.
     #[error("record of {0} bytes is out of bounds")]
     Size(usize),
-    /// Encryption failed (nonce exhausted).
+    /// Encryption failed, or the nonce space is used up (2^64 - 1 records).
     #[error("record encryption failed")]
     Encrypt,
 }
 
+/// One direction's Noise cipher state.
+struct CipherState {
+    key: LessSafeKey,
+    nonce: u64,
+}
+
+impl CipherState {
+    fn new(mut raw: [u8; 32]) -> Result<Self, HandshakeError> {
+        let key = UnboundKey::new(&AES_256_GCM, &raw)
+            .map_err(|_| HandshakeError::Local("bad transport key".into()));
+        raw.zeroize();
+        Ok(Self {
+            key: LessSafeKey::new(key?),
+            nonce: 0,
+        })
+    }
+
+    /// The next nonce; Noise reserves 2^64 - 1, so the link must end before it.
+    fn next_nonce(&mut self) -> Option<Nonce> {
+        if self.nonce == u64::MAX {
+            return None;
+        }
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&self.nonce.to_be_bytes());
+        self.nonce += 1;
+        Some(Nonce::assume_unique_for_key(n))
+    }
+}
+
 /// Both directions' cipher states of one link.
 pub struct Session {
-    transport: snow::TransportState,
+    send: CipherState,
+    recv: CipherState,
 }
 
 impl fmt::Debug for Session {
@@ -38,39 +80,70 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
-    pub(super) fn from_handshake(state: snow::HandshakeState) -> Result<Self, HandshakeError> {
-        let transport = state
-            .into_transport_mode()
-            .map_err(|e| HandshakeError::Local(e.to_string()))?;
-        Ok(Self { transport })
+    pub(super) fn from_handshake(mut state: snow::HandshakeState) -> Result<Self, HandshakeError> {
+        if !state.is_handshake_finished() {
+            return Err(HandshakeError::Local("handshake not finished".into()));
+        }
+        // Split(): the initiator sends with the first key, the responder with the second.
+        let (k1, k2) = state.dangerously_get_raw_split();
+        let (send, recv) = if state.is_initiator() {
+            (k1, k2)
+        } else {
+            (k2, k1)
+        };
+        Ok(Self {
+            send: CipherState::new(send)?,
+            recv: CipherState::new(recv)?,
+        })
+    }
+
+    /// Starts a record at the end of `buf`: appends the 2-byte length placeholder and
+    /// returns the record's start, for [`Session::seal_record`] once the plaintext has
+    /// been appended after it.
+    pub fn begin_record(buf: &mut Vec<u8>) -> usize {
+        let start = buf.len();
+        buf.extend_from_slice(&[0, 0]);
+        start
+    }
+
+    /// Seals the record begun at `start` (its plaintext is `buf[start + 2..]`) in place:
+    /// fills in the length and appends the tag.
+    pub fn seal_record(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<(), RecordError> {
+        let plain_len = buf.len() - start - 2;
+        if plain_len > MAX_RECORD_PLAINTEXT {
+            buf.truncate(start);
+            return Err(RecordError::Size(plain_len));
+        }
+        let nonce = self.send.next_nonce().ok_or(RecordError::Encrypt)?;
+        let tag = self
+            .send
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::empty(), &mut buf[start + 2..])
+            .map_err(|_| RecordError::Encrypt)?;
+        buf.extend_from_slice(tag.as_ref());
+        let ct_len = (plain_len + TAG_LEN) as u16;
+        buf[start..start + 2].copy_from_slice(&ct_len.to_be_bytes());
+        Ok(())
     }
 
     /// Encrypts `plain` as one record and appends `u16 len ‖ ciphertext` to `out`.
     pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
-        if plain.len() > MAX_RECORD_PLAINTEXT {
-            return Err(RecordError::Size(plain.len()));
-        }
-        let ct_len = plain.len() + TAG_LEN;
-        let start = out.len();
-        out.resize(start + 2 + ct_len, 0);
-        out[start..start + 2].copy_from_slice(&(ct_len as u16).to_be_bytes());
-        match self.transport.write_message(plain, &mut out[start + 2..]) {
-            Ok(n) if n == ct_len => Ok(()),
-            _ => {
-                out.truncate(start);
-                Err(RecordError::Encrypt)
-            }
-        }
+        let start = Self::begin_record(out);
+        out.extend_from_slice(plain);
+        self.seal_record(out, start)
     }
 
-    /// Decrypts one record's ciphertext (without its length prefix) into `out`, which must
-    /// hold at least `ciphertext.len() - TAG_LEN` bytes; returns the plaintext length.
-    pub fn open(&mut self, ciphertext: &[u8], out: &mut [u8]) -> Result<usize, RecordError> {
+    /// Opens one record's ciphertext (without its length prefix) in place; returns the
+    /// plaintext length (the plaintext is `ciphertext[..n]`).
+    pub fn open_in_place(&mut self, ciphertext: &mut [u8]) -> Result<usize, RecordError> {
         if ciphertext.len() < TAG_LEN {
             return Err(RecordError::Size(ciphertext.len()));
         }
-        self.transport
-            .read_message(ciphertext, out)
+        let nonce = self.recv.next_nonce().ok_or(RecordError::Decrypt)?;
+        self.recv
+            .key
+            .open_in_place(nonce, Aad::empty(), ciphertext)
+            .map(|plain| plain.len())
             .map_err(|_| RecordError::Decrypt)
     }
 }
