@@ -306,7 +306,18 @@ impl AdapterBench<'_> {
                     Err(e) => self.fail(&[phase], &e),
                 },
                 Phase::Conn => self.repeat(phase, &mut tunnel, |t| phases::conn(t, &s)),
-                Phase::Mem => self.repeat(phase, &mut tunnel, |t| phases::mem(t, &s)),
+                // A fresh tunnel per run: allocators keep what earlier phases and runs
+                // freed, which would hide the cost of the next connections.
+                Phase::Mem => {
+                    let (adapter, addr) = (self.adapter, target.addr);
+                    self.repeat(phase, &mut tunnel, |_| {
+                        let mut fresh = adapter.start(addr)?;
+                        procs::wait_redis_pong(fresh.entrance(), adapters::START_TIMEOUT)?;
+                        let r = phases::mem(&mut fresh, &s);
+                        fresh.stop();
+                        r
+                    })
+                }
                 Phase::Iperf | Phase::Cpu => bail!("{phase} is not a redis phase"),
             }
             target.check_running()?;

@@ -1,6 +1,6 @@
 //! The results of a run and how they are written: the markdown table
 //! (`results-YYYYMMDD-HHMMSS.md`), `results.json`, and the ratio chart (SVG drawn here,
-//! converted to PNG with `rsvg-convert` when it is installed).
+//! converted to PNG with `rsvg-convert` when it is installed; `ratios.png` is the latest).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -411,6 +411,15 @@ impl Results {
                     "rsvg-convert not found (apt-get install librsvg2-bin): chart left as SVG"
                 );
             }
+        }
+        // Stable names for the latest run, next to the stamped ones: what READMEs link to.
+        if let Some(chart) = &chart {
+            let ext = if chart.ends_with(".png") {
+                "png"
+            } else {
+                "svg"
+            };
+            std::fs::copy(out.join(chart), out.join(format!("ratios.{ext}")))?;
         }
         let md_path = out.join(format!("results-{}.md", self.meta.stamp));
         std::fs::write(&md_path, self.markdown(chart.as_deref()))?;
