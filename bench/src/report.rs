@@ -104,6 +104,24 @@ impl Results {
         }
     }
 
+    /// One word or the skip reason, for the table's status row.
+    fn status(&self, adapter: AdapterKind) -> String {
+        let cells = || {
+            self.metrics
+                .iter()
+                .filter_map(|&m| self.cells.get(&(adapter, m)))
+        };
+        if let Some(Cell::Skipped(reason)) = cells().find(|c| matches!(c, Cell::Skipped(_))) {
+            return format!("skipped: {reason}");
+        }
+        let failed = cells().filter(|c| matches!(c, Cell::Failed(_))).count();
+        if failed > 0 {
+            format!("{failed} metric(s) failed, see below")
+        } else {
+            "measured".into()
+        }
+    }
+
     fn ratio_pairs(&self) -> Vec<(AdapterKind, AdapterKind)> {
         RATIOS
             .into_iter()
@@ -147,6 +165,11 @@ impl Results {
         let _ = write!(s, "\n|---|");
         for _ in &self.adapters {
             let _ = write!(s, "---|");
+        }
+        s.push('\n');
+        let _ = write!(s, "| status |");
+        for &a in &self.adapters {
+            let _ = write!(s, " {} |", self.status(a));
         }
         s.push('\n');
         for &metric in &self.metrics {
