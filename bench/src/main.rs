@@ -1,0 +1,376 @@
+//! `meshbench`: measures meshd against stunnel, spiped, rathole and a direct connection on
+//! this machine, in one run, and writes a markdown table, `results.json` and a ratio chart.
+//! See bench/README.md.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+
+mod adapters;
+mod metrics;
+mod phases;
+mod procs;
+mod report;
+mod targets;
+
+use adapters::{AdapterKind, Tunnel};
+use metrics::{Metric, Phase};
+use phases::{RedisPlan, Settings};
+use report::{Cell, Meta, Results};
+use targets::Target;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "meshbench",
+    version,
+    about = "Benchmark meshd against stunnel, spiped, rathole and a direct connection on loopback"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the benchmark and write results-YYYYMMDD-HHMMSS.md, results.json and the chart.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Adapters (columns), comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,stunnel,spiped,rathole,meshd-noise,meshd-psk"
+    )]
+    adapters: Vec<AdapterKind>,
+
+    /// Phases, comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "iperf,redis,conn,mem,cpu"
+    )]
+    phases: Vec<Phase>,
+
+    /// Runs per metric (median and min–max are reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=50))]
+    runs: u64,
+
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    seconds: u64,
+
+    /// Output directory.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+
+    /// A quick check that everything works: 1 run, 1 s per phase, 50 held connections.
+    /// The numbers are not a benchmark.
+    #[arg(long)]
+    smoke: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run(args) => run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshbench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dedup<T: Ord + Copy>(items: &[T]) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
+    for &i in items {
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    out
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let mut adapters = dedup(&args.adapters);
+    adapters.sort();
+    let mut phases = dedup(&args.phases);
+    phases.sort();
+    let (runs, settings) = if args.smoke {
+        (
+            1,
+            Settings {
+                seconds: 1,
+                held_conns: 50,
+            },
+        )
+    } else {
+        (
+            args.runs as usize,
+            Settings {
+                seconds: args.seconds,
+                held_conns: 1000,
+            },
+        )
+    };
+    let metrics: Vec<Metric> = phases
+        .iter()
+        .flat_map(|p| p.metrics().iter().copied())
+        .collect();
+    let meta = collect_meta(&adapters, runs, &settings, args.smoke);
+    eprintln!(
+        "meshbench: {} × {} runs × {} s; adapters {}; phases {}",
+        adapters.len(),
+        runs,
+        settings.seconds,
+        join(&adapters),
+        join(&phases)
+    );
+    let mut results = Results {
+        meta,
+        adapters: adapters.clone(),
+        metrics: metrics.clone(),
+        cells: BTreeMap::new(),
+    };
+    for &adapter in &adapters {
+        if let Some(missing) = adapter.missing() {
+            eprintln!("[{adapter}] skipped: {missing}");
+            for &m in &metrics {
+                results
+                    .cells
+                    .insert((adapter, m), Cell::Skipped(missing.clone()));
+            }
+            continue;
+        }
+        let mut bench = AdapterBench {
+            adapter,
+            runs,
+            settings,
+            cells: &mut results.cells,
+        };
+        bench.run(&phases);
+    }
+    let md = results.write(&args.out)?;
+    println!("{}", results.markdown(None));
+    eprintln!("meshbench: wrote {}", md.display());
+    Ok(())
+}
+
+fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs the selected phases for one adapter, recording values or failures.
+struct AdapterBench<'a> {
+    adapter: AdapterKind,
+    runs: usize,
+    settings: Settings,
+    cells: &'a mut BTreeMap<(AdapterKind, Metric), Cell>,
+}
+
+impl AdapterBench<'_> {
+    fn run(&mut self, phases: &[Phase]) {
+        let has = |p: Phase| phases.contains(&p);
+        if !self.adapter.has_tunnel() {
+            for p in phases {
+                for &m in p.metrics().iter().filter(|m| m.tunnel_only()) {
+                    self.cells.insert((self.adapter, m), Cell::NotApplicable);
+                }
+            }
+        }
+        let want_cpu = has(Phase::Cpu) && self.adapter.has_tunnel();
+        if has(Phase::Iperf) || want_cpu {
+            let mut group = Vec::new();
+            if has(Phase::Iperf) {
+                group.push(Phase::Iperf);
+            }
+            if want_cpu {
+                group.push(Phase::Cpu);
+            }
+            if let Err(e) = self.iperf_group(has(Phase::Iperf), want_cpu) {
+                self.fail(&group, &e);
+            }
+        }
+        let redis_phases: Vec<Phase> = [Phase::Redis, Phase::Conn, Phase::Mem]
+            .into_iter()
+            .filter(|&p| has(p) && (p != Phase::Mem || self.adapter.has_tunnel()))
+            .collect();
+        if !redis_phases.is_empty() {
+            if let Err(e) = self.redis_group(&redis_phases) {
+                self.fail(&redis_phases, &e);
+            }
+        }
+    }
+
+    /// Marks every metric of `phases` that has no value yet as failed.
+    fn fail(&mut self, phases: &[Phase], e: &anyhow::Error) {
+        let reason = format!("{e:#}");
+        eprintln!("[{}] {} failed: {reason}", self.adapter, join(phases));
+        for p in phases {
+            for &m in p.metrics() {
+                let cell = self
+                    .cells
+                    .entry((self.adapter, m))
+                    .or_insert_with(|| Cell::Failed(reason.clone()));
+                if matches!(cell, Cell::Values(v) if v.is_empty()) {
+                    *cell = Cell::Failed(reason.clone());
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, values: Vec<(Metric, f64)>) {
+        for (m, v) in values {
+            eprintln!("[{}] {}: {}", self.adapter, m.label(), report::num(v));
+            match self
+                .cells
+                .entry((self.adapter, m))
+                .or_insert_with(|| Cell::Values(Vec::new()))
+            {
+                Cell::Values(vs) => vs.push(v),
+                other => *other = Cell::Values(vec![v]),
+            }
+        }
+    }
+
+    /// Runs `f` `self.runs` times, recording each result; a failure marks `phase` failed
+    /// (keeping earlier runs out of the median: a half-measured phase is not reported).
+    fn repeat(
+        &mut self,
+        phase: Phase,
+        tunnel: &mut Tunnel,
+        mut f: impl FnMut(&mut Tunnel) -> Result<Vec<(Metric, f64)>>,
+    ) {
+        for run in 0..self.runs {
+            eprintln!("[{}] {phase} run {}/{}", self.adapter, run + 1, self.runs);
+            match f(tunnel) {
+                Ok(values) => self.record(values),
+                Err(e) => {
+                    for &m in phase.metrics() {
+                        self.cells.remove(&(self.adapter, m));
+                    }
+                    self.fail(&[phase], &e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn iperf_group(&mut self, iperf: bool, cpu: bool) -> Result<()> {
+        let target = Target::iperf3()?;
+        let mut tunnel = self.adapter.start(target.addr)?;
+        eprintln!("[{}] up: entrance {}", self.adapter, tunnel.entrance());
+        let s = self.settings;
+        let phase = if iperf { Phase::Iperf } else { Phase::Cpu };
+        // The single-stream run yields both the iperf -P 1 figure and the CPU figure.
+        self.repeat(phase, &mut tunnel, |t| {
+            let mut v = phases::iperf_single(t, &s, cpu)?;
+            if !iperf {
+                v.retain(|(m, _)| *m != Metric::IperfP1);
+            }
+            Ok(v)
+        });
+        if iperf {
+            self.repeat(Phase::Iperf, &mut tunnel, |t| phases::iperf_four(t, &s));
+        }
+        tunnel.stop();
+        drop(target);
+        Ok(())
+    }
+
+    fn redis_group(&mut self, group: &[Phase]) -> Result<()> {
+        let mut target = Target::redis()?;
+        let mut tunnel = self.adapter.start(target.addr)?;
+        procs::wait_redis_pong(tunnel.entrance(), adapters::START_TIMEOUT)?;
+        eprintln!("[{}] up: entrance {}", self.adapter, tunnel.entrance());
+        let s = self.settings;
+        for &phase in group {
+            match phase {
+                Phase::Redis => match RedisPlan::calibrate(&tunnel, &s) {
+                    Ok(plan) => self.repeat(phase, &mut tunnel, |t| phases::redis(t, &plan, &s)),
+                    Err(e) => self.fail(&[phase], &e),
+                },
+                Phase::Conn => self.repeat(phase, &mut tunnel, |t| phases::conn(t, &s)),
+                // A fresh tunnel per run: allocators keep what earlier phases and runs
+                // freed, which would hide the cost of the next connections.
+                Phase::Mem => {
+                    let (adapter, addr) = (self.adapter, target.addr);
+                    self.repeat(phase, &mut tunnel, |_| {
+                        let mut fresh = adapter.start(addr)?;
+                        procs::wait_redis_pong(fresh.entrance(), adapters::START_TIMEOUT)?;
+                        let r = phases::mem(&mut fresh, &s);
+                        fresh.stop();
+                        r
+                    })
+                }
+                Phase::Iperf | Phase::Cpu => bail!("{phase} is not a redis phase"),
+            }
+            target.check_running()?;
+        }
+        tunnel.stop();
+        Ok(())
+    }
+}
+
+fn collect_meta(adapters: &[AdapterKind], runs: usize, s: &Settings, smoke: bool) -> Meta {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (date, stamp) = report::utc_stamp(unix);
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let mut versions = BTreeMap::new();
+    for &a in adapters {
+        let key = match a {
+            AdapterKind::Direct => continue,
+            AdapterKind::MeshdNoise | AdapterKind::MeshdPsk => "meshd",
+            other => other.name(),
+        };
+        if !versions.contains_key(key) {
+            let v = a.version().unwrap_or_else(|| "not installed".into());
+            versions.insert(key.to_owned(), v);
+        }
+    }
+    for (tool, args) in [("iperf3", "--version"), ("redis-benchmark", "--version")] {
+        let v =
+            adapters::tool_version(tool, &[args], tool).unwrap_or_else(|| "not installed".into());
+        versions.insert(tool.to_owned(), v);
+    }
+    Meta {
+        date,
+        stamp,
+        nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu_model,
+        load,
+        versions,
+        runs,
+        seconds: s.seconds,
+        held_conns: s.held_conns,
+        smoke,
+    }
+}

@@ -1,0 +1,285 @@
+//! The processes the harness starts and the scratch space they run in: a temporary
+//! directory removed on drop, children killed on drop (only our own PIDs, never by name),
+//! commands run under a deadline, free loopback ports, and per-process figures from /proc.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// How often process and port waits look again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A directory under the system temp dir, removed with everything in it on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `meshbench-PID-N-LABEL` under the system temp directory.
+    pub fn new(label: &str) -> Result<Self> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("meshbench-{}-{n}-{label}", std::process::id()));
+        if path.exists() {
+            fs::remove_dir_all(&path).with_context(|| format!("clean {}", path.display()))?;
+        }
+        fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `dir/name`.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes `dir/name` and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> Result<PathBuf> {
+        let path = self.join(name);
+        fs::write(&path, contents).with_context(|| format!("write {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// One long-running child with its output going to a log file.
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdin closed and stdout + stderr appended to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Self> {
+        let file = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {name} ({:?})", cmd.get_program()))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails with the end of its log if the process already exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited early ({status}); its log ends with:\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
+    /// The last lines of what it printed.
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// Whether a line of its log contains `needle`.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        fs::read_to_string(&self.log)
+            .map(|t| t.contains(needle))
+            .unwrap_or(false)
+    }
+
+    /// SIGKILLs it (by its own PID) and reaps it.
+    pub fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What a command run to completion left behind.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` to completion, stdout and stderr into files of `dir` (no pipe to fill up);
+/// kills it and fails after `timeout`.
+pub fn run_with_timeout(
+    mut cmd: Command,
+    dir: &TempDir,
+    label: &str,
+    timeout: Duration,
+) -> Result<Finished> {
+    let out_path = dir.join(&format!("{label}.out"));
+    let err_path = dir.join(&format!("{label}.err"));
+    cmd.stdin(Stdio::null())
+        .stdout(File::create(&out_path)?)
+        .stderr(File::create(&err_path)?);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("spawn {:?}", cmd.get_program()))?;
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{label}: {:?} still ran after {timeout:?}",
+                cmd.get_program()
+            );
+        }
+        std::thread::sleep(POLL);
+    };
+    let mut stdout = String::new();
+    File::open(&out_path)?.read_to_string(&mut stdout)?;
+    let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+    Ok(Finished {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// Whether `program` can be found on PATH (or is an existing path).
+pub fn on_path(program: &str) -> bool {
+    if program.contains('/') {
+        return Path::new(program).is_file();
+    }
+    find_on_path(program).is_some()
+}
+
+/// The full path of `program` on PATH.
+pub fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// A loopback port nobody listened on a moment ago (bind port 0, read it, release it).
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// `127.0.0.1:port`.
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Waits until something accepts TCP connections on `addr`, checking that every one of
+/// `procs` still runs; fails after `timeout`.
+pub fn wait_listening(addr: SocketAddr, procs: &mut [&mut Proc], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for p in procs.iter_mut() {
+            p.check_running()?;
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("nothing listens on {addr} after {timeout:?}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Sends `PING` to a Redis server at `addr` and expects `+PONG`, until it works or
+/// `timeout` passes: the tunnel in front of a Redis target carries a whole round trip.
+pub fn wait_redis_pong(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match redis_ping(addr, Duration::from_secs(2)) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("no PONG through {addr} within {timeout:?}: {last}")
+}
+
+/// One connect → `PING` → `+PONG` → close.
+pub fn redis_ping(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_nodelay(true)?;
+    s.write_all(b"PING\r\n")?;
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf)?;
+    if &buf != b"+PONG\r\n" {
+        bail!("unexpected reply {:?}", String::from_utf8_lossy(&buf));
+    }
+    Ok(())
+}
+
+/// VmRSS of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// utime + stime of `pid` in clock ticks (fields 14 and 15 of /proc/PID/stat, counted
+/// after the parenthesised command name, which may hold spaces).
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    let after = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .context("malformed /proc stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state); utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+/// Clock ticks per second for /proc CPU times. Linux has reported 100 (USER_HZ) on every
+/// architecture for decades, and reading sysconf would need unsafe code.
+pub const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+/// Quick self-check: an io error kind used by callers to recognise port exhaustion.
+pub fn is_addr_exhausted(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::AddrNotAvailable
+}
