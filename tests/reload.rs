@@ -91,19 +91,22 @@ async fn onboarding_a_peer_by_reload_keeps_a_long_lived_stream() {
     let echo = EchoServer::start().await;
     let extra_port = common::free_port();
     let mut mesh = TestMesh::builder()
-        .service("a", "echo", echo.addr(), &["b", "c"])
+        .service("a", "echo", echo.addr(), &["b", "c", "d"])
         .forward("b", "a/echo")
         .forward("c", "a/echo")
+        .forward("d", "a/echo")
         .build();
     let full = mesh.spec().clone();
-    // Before onboarding, a and b run a manifest without c.
+    // Before onboarding, a 3-peer mesh (a, b, d) runs a manifest without c.
     let mut before = full.clone();
     before.remove_peer("c");
     std::fs::remove_file(mesh.manifest_dir().join("c.toml")).expect("remove c.toml");
     before.write(&mesh.manifest_dir());
     mesh.start("a");
     mesh.start("b");
+    mesh.start("d");
     mesh.wait_link_up("b", "a", LINK_UP).await;
+    mesh.wait_link_up("d", "a", LINK_UP).await;
     let mut long = TcpStream::connect(mesh.forward_addr("b", "a/echo"))
         .await
         .expect("connect long-lived stream");
@@ -149,6 +152,7 @@ async fn onboarding_a_peer_by_reload_keeps_a_long_lived_stream() {
 
     let hup = Instant::now();
     sighup(&mut mesh, "a");
+    sighup(&mut mesh, "d");
     let admin = mesh.admin_addr("b").to_string();
     let (code, out, err) = meshctl(&["reload", "--admin", &admin]);
     assert_eq!(code, 0, "meshctl reload failed:\n{out}\n{err}");
@@ -157,6 +161,7 @@ async fn onboarding_a_peer_by_reload_keeps_a_long_lived_stream() {
     eprintln!("SIGHUP -> new forward accepting and carrying a stream: {new_forward:?}");
     mesh.wait_for_log("b", "config reloaded", LOG).await;
     mesh.wait_for_log("a", "config reloaded", LOG).await;
+    mesh.wait_for_log("d", "config reloaded", LOG).await;
 
     mesh.start("c");
     mesh.wait_link_up("c", "a", LINK_UP).await;
