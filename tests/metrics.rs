@@ -523,12 +523,11 @@ fn one_wrong_key_handshake_counts_once_without_the_claimed_name() {
     assert!(b.log_text().contains("wrong_key"), "{}", b.log_text());
 }
 
-/// Throughput of one 1 GiB stream through the mesh (byte counters on, as always) against
-/// the same transfer straight to the target, in one run. Not a pass/fail test; run with
-/// `cargo test --test metrics -- --ignored --nocapture throughput`.
+/// 1 GiB through one stream is counted exactly on both sides. It also prints the
+/// throughput against the same transfer straight to the target, in one run (a figure for
+/// reports, not an assertion): `cargo test --release --test metrics -- --nocapture gib`.
 #[test]
-#[ignore = "a measurement, ~5 s"]
-fn throughput_of_a_1_gib_stream_with_metrics_vs_direct() {
+fn a_1_gib_stream_is_counted_exactly_and_its_throughput_printed() {
     const GIB: usize = 1 << 30;
     let (target, read) = sink_then_reply(0);
     let mesh = Mesh::new(target, 1000);
