@@ -21,6 +21,7 @@ use crate::keys::{derive_pair_key, MeshSecret, PairKey};
 use crate::link::{
     self, AcceptContext, AcceptPolicy, DialContext, KnownPeer, LinkHandle, ReplayStore,
 };
+use crate::tls::TlsStore;
 
 /// How long in-flight streams may take to finish after a shutdown request.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -83,20 +84,27 @@ pub struct ReloadSummary {
     pub links_rekeyed: usize,
     /// Inbound links closed because their peer was removed or re-keyed.
     pub inbound_closed: usize,
+    /// The TLS certificate or CA changed (for new links).
+    pub tls_reloaded: bool,
 }
 
 impl fmt::Display for ReloadSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "forwards +{} -{} ~{}, dialed links +{} -{} re-keyed {}, inbound links closed {}",
+            "forwards +{} -{} ~{}, dialed links +{} -{} re-keyed {}, inbound links closed {}{}",
             self.forwards_added,
             self.forwards_removed,
             self.forwards_changed,
             self.links_added,
             self.links_removed,
             self.links_rekeyed,
-            self.inbound_closed
+            self.inbound_closed,
+            if self.tls_reloaded {
+                ", tls certificate reloaded"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -127,6 +135,7 @@ pub struct Daemon {
     exits: Arc<ExitTable>,
     entrances: BTreeMap<SocketAddr, Entrance>,
     dialers: BTreeMap<PeerName, Dialer>,
+    tls: Arc<TlsStore>,
 }
 
 impl fmt::Debug for Daemon {
@@ -149,6 +158,7 @@ fn accept_policy(cfg: &Config) -> AcceptPolicy {
         .filter(|p| &p.name != me)
         .map(|p| {
             let known = KnownPeer {
+                mode: mesh.auth_between(me, &p.name),
                 key: p.public_key,
                 psk: pair_psk(&mesh.mesh_id, secret, me, &p.name),
             };
@@ -156,7 +166,6 @@ fn accept_policy(cfg: &Config) -> AcceptPolicy {
         })
         .collect::<HashMap<_, _>>();
     AcceptPolicy {
-        mode: mesh.auth,
         mesh_id: mesh.mesh_id.clone(),
         local_key: cfg.private_key.clone(),
         peers,
@@ -165,7 +174,7 @@ fn accept_policy(cfg: &Config) -> AcceptPolicy {
 }
 
 /// One dial context per peer this host forwards to.
-fn dial_contexts(cfg: &Config) -> BTreeMap<PeerName, DialContext> {
+fn dial_contexts(cfg: &Config, tls: &Arc<TlsStore>) -> BTreeMap<PeerName, DialContext> {
     let mesh = &cfg.manifest.mesh;
     let me = cfg.me();
     let mut out = BTreeMap::new();
@@ -178,7 +187,7 @@ fn dial_contexts(cfg: &Config) -> BTreeMap<PeerName, DialContext> {
                 me.name.clone(),
                 peer.name.clone(),
                 peer.endpoints.clone(),
-                mesh.auth,
+                mesh.auth_between(&me.name, &peer.name),
                 mesh.mesh_id.clone(),
                 cfg.private_key.clone(),
                 peer.public_key,
@@ -190,6 +199,7 @@ fn dial_contexts(cfg: &Config) -> BTreeMap<PeerName, DialContext> {
                 ),
                 mesh.limits.clone(),
             )
+            .with_tls(tls.clone())
         });
     }
     out
@@ -241,12 +251,17 @@ impl Daemon {
             tracker.clone(),
             metrics.clone(),
         ));
+        let tls = Arc::new(TlsStore::new(cfg.tls.clone()));
+        if let Some(m) = &cfg.tls {
+            metrics.set_tls_cert(m.not_after);
+        }
         let accept = Arc::new(AcceptContext::new(
             cfg.host.name.clone(),
             accept_policy(&cfg),
             replay,
             exits.clone(),
             tracker.clone(),
+            tls.clone(),
         ));
         tracker.spawn(link::serve_mesh(
             mesh_listener,
@@ -279,8 +294,9 @@ impl Daemon {
             exits,
             entrances: BTreeMap::new(),
             dialers: BTreeMap::new(),
+            tls,
         };
-        for (peer, ctx) in dial_contexts(&daemon.cfg) {
+        for (peer, ctx) in dial_contexts(&daemon.cfg, &daemon.tls) {
             daemon.spawn_dialer(peer, ctx);
         }
         for (fwd, listener) in listeners {
@@ -295,6 +311,7 @@ impl Daemon {
             forwards = me.forwards.len(),
             services = me.services.len(),
             auth = daemon.cfg.manifest.mesh.auth.as_str(),
+            tls_cert = daemon.cfg.tls.as_ref().map_or("", |m| m.cert_fingerprint.as_str()),
             "meshd ready"
         );
         Ok(daemon)
@@ -420,7 +437,7 @@ impl Daemon {
         }
 
         // 2. Links: close what is gone or changed, dial what is new.
-        let mut wanted = dial_contexts(&next);
+        let mut wanted = dial_contexts(&next, &self.tls);
         let current: Vec<PeerName> = self.dialers.keys().cloned().collect();
         for peer in current {
             match wanted.remove(&peer) {
@@ -490,7 +507,26 @@ impl Daemon {
             }
         }
 
-        // 4. Accepting side: services, allow lists, who may dial us.
+        // 4. TLS material: new handshakes use it; established links keep theirs.
+        let tls_changed = match (&self.cfg.tls, &next.tls) {
+            (Some(a), Some(b)) => !a.same_as(b),
+            (None, None) => false,
+            _ => true,
+        };
+        if tls_changed {
+            if let Some(m) = &next.tls {
+                self.metrics.set_tls_cert(m.not_after);
+                tracing::info!(
+                    cert = %m.cert_fingerprint,
+                    ca = ?m.ca_fingerprints,
+                    "tls material reloaded: new links use this certificate"
+                );
+            }
+            summary.tls_reloaded = true;
+        }
+        self.tls.set(next.tls.clone());
+
+        // 5. Accepting side: services, allow lists, who may dial us.
         self.exits.set_services(next.me().services.clone());
         summary.inbound_closed = self.accept.set_policy(accept_policy(&next)).len();
         self.metrics.set_config_hash(&next.hash);

@@ -14,6 +14,7 @@
 //!   sides have half-closed, or resets the local socket when the stream is aborted;
 //! - `admin` counts the link, stream and bytes along the way and serves them as
 //!   `/metrics`, `/healthz` and `/status`;
+//! - `tls` loads the certificates of `auth = "tls"` links (rustls, ring provider);
 //! - `daemon` wires these together and drains them on shutdown.
 #![forbid(unsafe_code)]
 
@@ -24,3 +25,4 @@ pub mod forward;
 pub mod keys;
 pub mod link;
 pub mod proto;
+pub mod tls;

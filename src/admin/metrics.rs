@@ -36,6 +36,10 @@ const HANDSHAKE_REASONS: &[&str] = &[
     "malformed",
     "timeout",
     "truncated",
+    "cert_expired",
+    "cert_not_yet_valid",
+    "cert_unknown_issuer",
+    "cert_wrong_name",
     "overloaded",
     "local",
 ];
@@ -171,6 +175,7 @@ pub struct Metrics {
     config_reloads: Family<ResultLabels, Counter>,
     config_info: Family<HashLabels, Gauge>,
     config_hash: Mutex<String>,
+    tls_cert_expiry: Gauge,
     links: Mutex<BTreeMap<(PeerName, &'static str), Arc<LinkEntry>>>,
 }
 
@@ -238,6 +243,12 @@ impl Metrics {
             "Hash of the configuration files this daemon runs (always 1)",
             config_info.clone(),
         );
+        let tls_cert_expiry = Gauge::default();
+        registry.register(
+            "meshd_tls_cert_expiry_timestamp_seconds",
+            "notAfter of this host's TLS certificate, as a Unix time (absent without tls)",
+            tls_cert_expiry.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "meshd_build_info",
@@ -274,8 +285,14 @@ impl Metrics {
             config_reloads,
             config_info,
             config_hash: Mutex::new(config_hash.to_owned()),
+            tls_cert_expiry,
             links: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The TLS certificate in use now expires at `not_after` (Unix seconds).
+    pub fn set_tls_cert(&self, not_after: i64) {
+        self.tls_cert_expiry.set(not_after);
     }
 
     /// The hash of the configuration running now.

@@ -80,14 +80,14 @@ impl ServiceName {
         "use 1-63 characters from a-z, 0-9, '-' and '_', starting with a letter or digit";
 }
 
-/// How links authenticate (mesh-wide, `auth` in mesh.toml).
+/// How links authenticate (`auth` in mesh.toml, overridable per pair in `[[pairs]]`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum AuthMode {
     /// `Noise_IKpsk2_25519_AESGCM_SHA256`: identity = static key from the manifest.
     Noise,
     /// `Noise_NNpsk0_25519_AESGCM_SHA256` with the pair key derived from the mesh secret.
     Psk,
-    /// TLS 1.3 with a private CA (not implemented yet: refused at validation).
+    /// TLS 1.3 with mutual authentication under a private CA: identity = certificate SAN.
     Tls,
 }
 
@@ -173,8 +173,25 @@ pub struct MeshSettings {
     pub mesh_id: String,
     /// Default auth mode.
     pub auth: AuthMode,
+    /// Per-pair auth modes (`[[pairs]]`), keyed by the two names in sorted order.
+    pub pair_auth: BTreeMap<(PeerName, PeerName), AuthMode>,
+    /// Pinned CA certificate fingerprints (`ca_fingerprint`, normalized `sha256:hex`);
+    /// empty when not pinned.
+    pub ca_fingerprints: Vec<String>,
     /// Link limits.
     pub limits: Limits,
+}
+
+impl MeshSettings {
+    /// The auth mode of the link between `a` and `b`.
+    pub fn auth_between(&self, a: &PeerName, b: &PeerName) -> AuthMode {
+        let key = if a <= b {
+            (a.clone(), b.clone())
+        } else {
+            (b.clone(), a.clone())
+        };
+        self.pair_auth.get(&key).copied().unwrap_or(self.auth)
+    }
 }
 
 /// A service exported by a peer: `[services.NAME]`.
@@ -244,6 +261,8 @@ pub struct HostConfig {
     pub mesh_secret: Option<PathBuf>,
     /// Where durable state lives (handshake high-water marks); default `/var/lib/meshd`.
     pub state_dir: PathBuf,
+    /// Certificate, key and CA files for `tls` links (`cert`, `cert_key`, `ca`).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// Everything a daemon needs, loaded and validated before any port is bound.
@@ -261,6 +280,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Fingerprint of the files this config was loaded from ([`hash_config_files`]).
     pub hash: String,
+    /// The loaded TLS identity, when the host config names one.
+    pub tls: Option<std::sync::Arc<crate::tls::TlsMaterial>>,
 }
 
 impl Config {

@@ -16,6 +16,19 @@ pub(super) struct RawMesh {
     pub auth: Option<Spanned<String>>,
     #[serde(default)]
     pub limits: Option<RawLimits>,
+    /// One fingerprint or a list (`tls`: the CA certificates hosts may trust).
+    #[serde(default)]
+    pub ca_fingerprint: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub pairs: Vec<RawPair>,
+}
+
+/// `[[pairs]]` in mesh.toml: an auth mode for one pair of peers.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPair {
+    pub peers: Spanned<Vec<Spanned<String>>>,
+    pub auth: Spanned<String>,
 }
 
 /// `[limits]` in mesh.toml. Integers are `i64`, TOML's own integer type, so an
@@ -84,4 +97,10 @@ pub(super) struct RawHost {
     pub mesh_secret: Option<Spanned<String>>,
     #[serde(default)]
     pub state_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    pub cert: Option<Spanned<String>>,
+    #[serde(default)]
+    pub cert_key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub ca: Option<Spanned<String>>,
 }

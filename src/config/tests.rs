@@ -196,12 +196,18 @@ fn limits_are_read_and_range_checked() {
 fn mesh_settings_errors() {
     let f = Fixture::new();
     f.good_manifest();
-    f.write("peers/mesh.toml", "mesh_id = \"bad id!\"\nauth = \"tls\"\n");
+    f.write(
+        "peers/mesh.toml",
+        "mesh_id = \"bad id!\"\nauth = \"tls13\"\n",
+    );
     let diags = errors(f.manifest());
     assert_eq!(find(&diags, "mesh.toml", "mesh_id").line, Some(1));
     let d = find(&diags, "mesh.toml", "auth");
     assert_eq!(d.line, Some(2));
-    assert_eq!(d.message, "auth = \"tls\" is not supported yet");
+    assert_eq!(
+        d.message,
+        "unknown auth mode \"tls13\": use \"noise\", \"psk\" or \"tls\""
+    );
 
     f.write("peers/mesh.toml", "auth = \"psk\"\n");
     let diags = errors(f.manifest());
@@ -653,4 +659,135 @@ fn psk_needs_a_mesh_secret() {
     let c = load_config(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(c.mesh_secret.is_some());
     assert_eq!(c.manifest.mesh.auth, AuthMode::Psk);
+}
+
+#[test]
+fn pairs_override_the_mesh_auth_mode() {
+    let f = Fixture::new();
+    f.good_manifest();
+    f.write(
+        "peers/mesh.toml",
+        "mesh_id = \"example\"\nauth = \"noise\"\n\n[[pairs]]\npeers = [\"off2\", \"moji\"]\nauth = \"tls\"\n",
+    );
+    let m = f.manifest().expect("valid");
+    let (off2, moji, ovh1) = (peer_name("off2"), peer_name("moji"), peer_name("ovh1"));
+    assert_eq!(m.mesh.auth_between(&off2, &moji), AuthMode::Tls);
+    assert_eq!(m.mesh.auth_between(&moji, &off2), AuthMode::Tls);
+    assert_eq!(m.mesh.auth_between(&off2, &ovh1), AuthMode::Noise);
+}
+
+#[test]
+fn pair_errors_name_their_field_and_line() {
+    let f = Fixture::new();
+    f.good_manifest();
+    f.write(
+        "peers/mesh.toml",
+        "mesh_id = \"example\"\n\n[[pairs]]\npeers = [\"off2\", \"ghost\"]\nauth = \"tls\"\n\n\
+         [[pairs]]\npeers = [\"off2\"]\nauth = \"noise\"\n\n\
+         [[pairs]]\npeers = [\"moji\", \"off2\"]\nauth = \"quic\"\n\n\
+         [[pairs]]\npeers = [\"off2\", \"moji\"]\nauth = \"psk\"\n",
+    );
+    let diags = errors(f.manifest());
+    let d = find(&diags, "mesh.toml", "pairs[0].peers[1]");
+    assert_eq!(d.line, Some(4));
+    assert!(
+        d.message.contains("unknown peer \"ghost\""),
+        "{}",
+        d.message
+    );
+    let d = find(&diags, "mesh.toml", "pairs[1].peers");
+    assert!(d.message.contains("exactly two peers"), "{}", d.message);
+    let d = find(&diags, "mesh.toml", "pairs[2].auth");
+    assert_eq!(d.line, Some(13));
+    let d = find(&diags, "mesh.toml", "pairs[3].peers");
+    assert!(d.message.contains("listed twice"), "{}", d.message);
+}
+
+#[test]
+fn ca_fingerprint_is_normalized_and_checked() {
+    let f = Fixture::new();
+    f.good_manifest();
+    let hex = "AB".repeat(32);
+    f.write(
+        "peers/mesh.toml",
+        &format!(
+            "mesh_id = \"example\"\nca_fingerprint = [\"{hex}\", \"sha256:{}\"]\n",
+            "cd".repeat(32)
+        ),
+    );
+    let m = f.manifest().expect("valid");
+    assert_eq!(
+        m.mesh.ca_fingerprints,
+        vec![
+            format!("sha256:{}", "ab".repeat(32)),
+            format!("sha256:{}", "cd".repeat(32))
+        ]
+    );
+    f.write(
+        "peers/mesh.toml",
+        "mesh_id = \"example\"\nca_fingerprint = \"sha256:1234\"\n",
+    );
+    let diags = errors(f.manifest());
+    let d = find(&diags, "mesh.toml", "ca_fingerprint");
+    assert_eq!(d.line, Some(2));
+}
+
+#[test]
+fn tls_links_need_the_host_tls_files() {
+    let f = Fixture::new();
+    let path = host_fixture(&f, "");
+    f.write(
+        "peers/mesh.toml",
+        "mesh_id = \"example\"\n\n[[pairs]]\npeers = [\"off2\", \"moji\"]\nauth = \"tls\"\n",
+    );
+    let e = load_config(&path).expect_err("no cert");
+    let d = &e.diagnostics()[0];
+    assert_eq!(d.field, "cert");
+    assert!(d.message.contains("moji"), "{}", d.message);
+
+    // Only part of an identity.
+    let path = f.write(
+        "etc/meshd.toml",
+        "name = \"off2\"\nmanifest = \"../peers\"\nkey = \"host.key\"\ncert = \"off2.crt\"\n",
+    );
+    let e = load_config(&path).expect_err("partial");
+    let d = &e.diagnostics()[0];
+    assert_eq!((d.field.as_str(), d.line), ("cert_key", Some(4)));
+    assert!(
+        d.message.contains("cert_key and ca missing"),
+        "{}",
+        d.message
+    );
+
+    // A full identity made by certgen loads, and a pinned other CA is refused at `ca`.
+    use crate::tls::certgen::{self, Validity};
+    let ca = certgen::new_ca("t", Validity::days_from_now(2)).expect("ca");
+    let cert = certgen::issue(
+        &ca.cert_pem,
+        &ca.key_pem,
+        "off2",
+        Validity::days_from_now(2),
+    )
+    .expect("cert");
+    certgen::write_public(&f.path("etc/ca.crt"), &ca.cert_pem, true).expect("w");
+    certgen::write_public(&f.path("etc/off2.crt"), &cert.cert_pem, true).expect("w");
+    certgen::write_private(&f.path("etc/off2.key"), &cert.key_pem, true).expect("w");
+    let path = f.write(
+        "etc/meshd.toml",
+        "name = \"off2\"\nmanifest = \"../peers\"\nkey = \"host.key\"\n\
+         cert = \"off2.crt\"\ncert_key = \"off2.key\"\nca = \"ca.crt\"\n",
+    );
+    let c = load_config(&path).unwrap_or_else(|e| panic!("{e}"));
+    let tls = c.tls.expect("tls material");
+    assert_eq!(tls.ca_fingerprints, vec![crate::tls::fingerprint(&ca.der)]);
+    f.write(
+        "peers/mesh.toml",
+        &format!(
+            "mesh_id = \"example\"\nauth = \"tls\"\nca_fingerprint = \"sha256:{}\"\n",
+            "00".repeat(32)
+        ),
+    );
+    let e = load_config(&path).expect_err("pinned other CA");
+    let d = &e.diagnostics()[0];
+    assert_eq!((d.field.as_str(), d.line), ("ca", Some(6)));
 }

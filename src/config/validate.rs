@@ -273,10 +273,11 @@ struct ForwardDraft {
 pub fn load_manifest(dir: &Path) -> Result<Manifest, ConfigError> {
     check_manifest_dir(dir).map_err(|d| ConfigError::Invalid(vec![d]))?;
     let mut diags = Vec::new();
+    let mut pair_refs = Vec::new();
 
     let mesh = match Source::read(dir.join(MESH_FILE)) {
         Ok(src) => match src.parse::<RawMesh>() {
-            Ok(raw) => validate_mesh(&src, raw, &mut diags),
+            Ok(raw) => validate_mesh(&src, raw, &mut diags, &mut pair_refs),
             Err(d) => {
                 diags.push(d);
                 None
@@ -333,6 +334,11 @@ pub fn load_manifest(dir: &Path) -> Result<Manifest, ConfigError> {
 
     check_references(&drafts, &names, &mut diags);
     check_duplicate_keys(&drafts, &mut diags);
+    for (name, unknown) in pair_refs {
+        if !names.is_empty() && !names.contains(&name) {
+            diags.push(unknown);
+        }
+    }
 
     // Reading order (file, then line) is what an operator fixing the files wants.
     diags.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
@@ -380,7 +386,37 @@ fn peer_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     Ok(files)
 }
 
-fn validate_mesh(src: &Source, raw: RawMesh, diags: &mut Vec<Diagnostic>) -> Option<MeshSettings> {
+/// A peer name that `[[pairs]]` refers to, with the diagnostic to report if the manifest
+/// has no such peer.
+type PairRef = (PeerName, Diagnostic);
+
+fn parse_auth(
+    src: &Source,
+    a: &Spanned<String>,
+    field: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> AuthMode {
+    match a.get_ref().as_str() {
+        "noise" => AuthMode::Noise,
+        "psk" => AuthMode::Psk,
+        "tls" => AuthMode::Tls,
+        other => {
+            diags.push(src.at(
+                a,
+                field,
+                format!("unknown auth mode {other:?}: use \"noise\", \"psk\" or \"tls\""),
+            ));
+            AuthMode::Noise
+        }
+    }
+}
+
+fn validate_mesh(
+    src: &Source,
+    raw: RawMesh,
+    diags: &mut Vec<Diagnostic>,
+    pair_refs: &mut Vec<PairRef>,
+) -> Option<MeshSettings> {
     let before = diags.len();
     let mesh_id = raw.mesh_id.get_ref();
     let id_ok = (1..=64).contains(&mesh_id.len())
@@ -396,27 +432,100 @@ fn validate_mesh(src: &Source, raw: RawMesh, diags: &mut Vec<Diagnostic>) -> Opt
     }
     let auth = match &raw.auth {
         None => AuthMode::Noise,
-        Some(a) => match a.get_ref().as_str() {
-            "noise" => AuthMode::Noise,
-            "psk" => AuthMode::Psk,
-            "tls" => {
-                diags.push(src.at(a, "auth", "auth = \"tls\" is not supported yet"));
-                AuthMode::Tls
-            }
-            other => {
-                diags.push(src.at(
-                    a,
-                    "auth",
-                    format!("unknown auth mode {other:?}: use \"noise\" or \"psk\""),
-                ));
-                AuthMode::Noise
-            }
-        },
+        Some(a) => parse_auth(src, a, "auth", diags),
     };
+    let mut pair_auth = BTreeMap::new();
+    for (i, pair) in raw.pairs.iter().enumerate() {
+        let mode = parse_auth(src, &pair.auth, &format!("pairs[{i}].auth"), diags);
+        let names: Vec<Option<PeerName>> = pair
+            .peers
+            .get_ref()
+            .iter()
+            .enumerate()
+            .map(|(j, n)| {
+                let field = format!("pairs[{i}].peers[{j}]");
+                match PeerName::new(n.get_ref()) {
+                    Ok(name) => {
+                        let unknown = src.at(
+                            n,
+                            field,
+                            format!(
+                                "unknown peer {:?}: no {}.toml in the manifest",
+                                n.get_ref(),
+                                n.get_ref()
+                            ),
+                        );
+                        pair_refs.push((name.clone(), unknown));
+                        Some(name)
+                    }
+                    Err(e) => {
+                        diags.push(src.at(n, field, e));
+                        None
+                    }
+                }
+            })
+            .collect();
+        if names.len() != 2 {
+            diags.push(src.at(
+                &pair.peers,
+                format!("pairs[{i}].peers"),
+                format!("a pair names exactly two peers, found {}", names.len()),
+            ));
+            continue;
+        }
+        let (Some(a), Some(b)) = (names[0].clone(), names[1].clone()) else {
+            continue;
+        };
+        if a == b {
+            diags.push(src.at(
+                &pair.peers,
+                format!("pairs[{i}].peers"),
+                format!("a pair needs two different peers, found {a} twice"),
+            ));
+            continue;
+        }
+        let key = if a <= b { (a, b) } else { (b, a) };
+        if pair_auth.insert(key.clone(), mode).is_some() {
+            diags.push(src.at(
+                &pair.peers,
+                format!("pairs[{i}].peers"),
+                format!("the pair {} / {} is listed twice", key.0, key.1),
+            ));
+        }
+    }
+    let mut ca_fingerprints = Vec::new();
+    if let Some(v) = &raw.ca_fingerprint {
+        let items: Vec<&toml::Value> = match v.get_ref() {
+            toml::Value::Array(a) => a.iter().collect(),
+            other => vec![other],
+        };
+        for item in items {
+            match item.as_str().and_then(crate::tls::normalize_fingerprint) {
+                Some(fp) => ca_fingerprints.push(fp),
+                None => diags.push(src.at(
+                    v,
+                    "ca_fingerprint",
+                    format!(
+                        "{item} is not a certificate fingerprint: write \"sha256:\" and 64 hex \
+                         digits, as `meshctl cert show CA.crt` prints it (or a list of them)"
+                    ),
+                )),
+            }
+        }
+        if ca_fingerprints.is_empty() && diags.len() == before {
+            diags.push(src.at(
+                v,
+                "ca_fingerprint",
+                "an empty list pins nothing: remove the field or list the CA's fingerprint",
+            ));
+        }
+    }
     let limits = validate_limits(src, raw.limits.unwrap_or_default(), diags);
     (diags.len() == before).then(|| MeshSettings {
         mesh_id: mesh_id.clone(),
         auth,
+        pair_auth,
+        ca_fingerprints,
         limits,
     })
 }
@@ -833,6 +942,9 @@ struct HostLines {
     name: Option<usize>,
     key: Option<usize>,
     mesh_secret: Option<usize>,
+    cert: Option<usize>,
+    cert_key: Option<usize>,
+    ca: Option<usize>,
 }
 
 /// Loads and validates a host config file alone.
@@ -873,6 +985,40 @@ fn parse_host(path: &Path) -> Result<(HostConfig, HostLines), Vec<Diagnostic>> {
         Some(v) => resolve(v, "state_dir", &mut diags),
         None => PathBuf::from(DEFAULT_STATE_DIR),
     };
+    let cert = raw.cert.as_ref().map(|v| resolve(v, "cert", &mut diags));
+    let cert_key = raw
+        .cert_key
+        .as_ref()
+        .map(|v| resolve(v, "cert_key", &mut diags));
+    let ca = raw.ca.as_ref().map(|v| resolve(v, "ca", &mut diags));
+    let tls = match (cert, cert_key, ca) {
+        (Some(cert), Some(cert_key), Some(ca)) => Some(crate::tls::TlsFiles { cert, cert_key, ca }),
+        (None, None, None) => None,
+        (cert, cert_key, ca) => {
+            let missing: Vec<&str> = [
+                ("cert", cert.is_none()),
+                ("cert_key", cert_key.is_none()),
+                ("ca", ca.is_none()),
+            ]
+            .iter()
+            .filter(|(_, m)| *m)
+            .map(|(f, _)| *f)
+            .collect();
+            let given = [&raw.cert, &raw.cert_key, &raw.ca]
+                .into_iter()
+                .flatten()
+                .next();
+            let msg = format!(
+                "a TLS identity needs cert, cert_key and ca together; {} missing",
+                missing.join(" and ")
+            );
+            match given {
+                Some(v) => diags.push(src.at(v, missing[0], msg)),
+                None => diags.push(src.diag(None, missing[0], msg)),
+            }
+            None
+        }
+    };
 
     let name = PeerName::new(raw.name.get_ref())
         .map_err(|e| diags.push(src.at(&raw.name, "name", e)))
@@ -897,6 +1043,9 @@ fn parse_host(path: &Path) -> Result<(HostConfig, HostLines), Vec<Diagnostic>> {
         name: Some(src.line(raw.name.span())),
         key: Some(src.line(raw.key.span())),
         mesh_secret: raw.mesh_secret.as_ref().map(|v| src.line(v.span())),
+        cert: raw.cert.as_ref().map(|v| src.line(v.span())),
+        cert_key: raw.cert_key.as_ref().map(|v| src.line(v.span())),
+        ca: raw.ca.as_ref().map(|v| src.line(v.span())),
     };
     let host = HostConfig {
         path: path.to_path_buf(),
@@ -907,6 +1056,7 @@ fn parse_host(path: &Path) -> Result<(HostConfig, HostLines), Vec<Diagnostic>> {
         admin,
         mesh_secret,
         state_dir,
+        tls,
     };
     Ok((host, lines))
 }
@@ -976,7 +1126,29 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
                 }
             }
         }
-        if m.mesh.auth == AuthMode::Psk && host.mesh_secret.is_none() {
+        let tls_peers: Vec<&str> = m
+            .peers
+            .keys()
+            .filter(|p| **p != host.name && m.mesh.auth_between(&host.name, p) == AuthMode::Tls)
+            .map(|p| p.as_str())
+            .collect();
+        if !tls_peers.is_empty() && host.tls.is_none() {
+            diags.push(on_host(
+                None,
+                "cert",
+                format!(
+                    "the links to {} use auth = \"tls\" ({}): set cert, cert_key and ca to this \
+                     host's certificate, its key (0600) and the mesh CA (`meshctl cert`)",
+                    tls_peers.join(", "),
+                    m.dir.join(MESH_FILE).display()
+                ),
+            ));
+        }
+        let psk_pairs = m
+            .peers
+            .keys()
+            .any(|p| *p != host.name && m.mesh.auth_between(&host.name, p) == AuthMode::Psk);
+        if (m.mesh.auth == AuthMode::Psk || psk_pairs) && host.mesh_secret.is_none() {
             diags.push(on_host(
                 None,
                 "mesh_secret",
@@ -986,6 +1158,21 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
                     m.dir.join(MESH_FILE).display()
                 ),
             ));
+        }
+    }
+
+    let mut tls = None;
+    if let (Some(files), Some(m)) = (&host.tls, &manifest) {
+        match crate::tls::TlsMaterial::load(files, &host.name, &m.mesh.ca_fingerprints) {
+            Ok(material) => tls = Some(std::sync::Arc::new(material)),
+            Err(e) => {
+                let line = match e.field {
+                    "cert" => lines.cert,
+                    "cert_key" => lines.cert_key,
+                    _ => lines.ca,
+                };
+                diags.push(on_host(line, e.field, e.message));
+            }
         }
     }
 
@@ -1024,5 +1211,6 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
         mesh_secret,
         listen,
         hash,
+        tls,
     })
 }

@@ -16,17 +16,21 @@ use tokio_util::task::TaskTracker;
 
 use super::dial::read_exact;
 use super::driver::{Direction, Driver, Exits, CMD_CAPACITY};
+use super::transport::{self, Transport};
 use super::{LinkError, ReplayStore};
 use crate::admin::Metrics;
 use crate::config::{AuthMode, Limits, PeerName};
 use crate::keys::{PairKey, PrivateKey, PublicKey};
 use crate::proto::handshake::{
-    self, HandshakeError, PairParams, Preamble, Session, MAX_HANDSHAKE_MSG, PREAMBLE_LEN,
+    self, HandshakeError, PairParams, Preamble, MAX_HANDSHAKE_MSG, PREAMBLE_LEN,
 };
+use crate::tls::TlsStore;
 
 /// A peer allowed to dial this host: its manifest key and the pair's psk slot.
 #[derive(Debug)]
 pub struct KnownPeer {
+    /// The pair's auth mode (mesh default or a `[[pairs]]` override).
+    pub mode: AuthMode,
     /// Manifest public key.
     pub key: PublicKey,
     /// psk slot value for the pair (this host, peer).
@@ -36,7 +40,9 @@ pub struct KnownPeer {
 impl KnownPeer {
     /// Whether a link authenticated under `self` is still valid under `other`.
     fn same(&self, other: &KnownPeer) -> bool {
-        self.key == other.key && ring_eq(self.psk.as_bytes(), other.psk.as_bytes())
+        self.mode == other.mode
+            && self.key == other.key
+            && ring_eq(self.psk.as_bytes(), other.psk.as_bytes())
     }
 }
 
@@ -50,8 +56,6 @@ fn ring_eq(a: &[u8], b: &[u8]) -> bool {
 /// Who may dial this host and how: replaced as a whole on reload.
 #[derive(Debug)]
 pub struct AcceptPolicy {
-    /// The mesh's auth mode.
-    pub mode: AuthMode,
     /// Mesh id (prologue).
     pub mesh_id: String,
     /// This host's static key.
@@ -66,8 +70,7 @@ impl AcceptPolicy {
     /// Whether an inbound link from `peer` authenticated under `self` still holds under
     /// `next`.
     fn still_valid(&self, next: &AcceptPolicy, peer: &PeerName) -> bool {
-        self.mode == next.mode
-            && self.mesh_id == next.mesh_id
+        self.mesh_id == next.mesh_id
             && ring_eq(self.local_key.as_bytes(), next.local_key.as_bytes())
             && match (self.peers.get(peer), next.peers.get(peer)) {
                 (Some(a), Some(b)) => a.same(b),
@@ -87,6 +90,8 @@ pub struct AcceptContext {
     pub exits: Arc<dyn Exits>,
     /// Tracks link tasks for shutdown.
     pub tracker: TaskTracker,
+    /// This host's TLS material, read at each handshake.
+    pub tls: Arc<TlsStore>,
     inbound: Mutex<HashMap<PeerName, (u64, CancellationToken)>>,
     next_link_id: std::sync::atomic::AtomicU64,
 }
@@ -99,6 +104,7 @@ impl AcceptContext {
         replay: Arc<ReplayStore>,
         exits: Arc<dyn Exits>,
         tracker: TaskTracker,
+        tls: Arc<TlsStore>,
     ) -> Self {
         Self {
             me,
@@ -106,6 +112,7 @@ impl AcceptContext {
             replay,
             exits,
             tracker,
+            tls,
             inbound: Mutex::new(HashMap::new()),
             next_link_id: std::sync::atomic::AtomicU64::new(1),
         }
@@ -189,7 +196,8 @@ fn log_rejection(remote: SocketAddr, err: &LinkError, metrics: &Metrics) {
         LinkError::Handshake(
             HandshakeError::UnknownPeer(p)
             | HandshakeError::WrongKey(p)
-            | HandshakeError::Replay(p),
+            | HandshakeError::Replay(p)
+            | HandshakeError::Tls { peer: p, .. },
         ) => p.as_str(),
         _ => "",
     };
@@ -205,18 +213,32 @@ async fn accept_handshake(
     let preamble = Preamble::decode(&pre)?;
     // One policy for the whole handshake, even if a reload lands meanwhile.
     let policy = ctx.policy();
-    if preamble.mode != policy.mode {
-        return Err(HandshakeError::ModeMismatch {
-            got: preamble.mode.code(),
-            want: policy.mode.as_str(),
-        }
-        .into());
-    }
     let peer = preamble.name;
     let known = match policy.peers.get(&peer) {
         Some(k) if peer != ctx.me => k,
         _ => return Err(HandshakeError::UnknownPeer(peer.to_string()).into()),
     };
+    if preamble.mode != known.mode {
+        return Err(HandshakeError::ModeMismatch {
+            got: preamble.mode.code(),
+            want: known.mode.as_str(),
+        }
+        .into());
+    }
+    if known.mode == AuthMode::Tls {
+        let material = ctx.tls.current().ok_or_else(|| {
+            HandshakeError::Local("tls link without tls material (cert, cert_key, ca)".into())
+        })?;
+        let _ = socket.set_nodelay(true);
+        let link = transport::accept(&material, socket, &peer).await?;
+        return Ok(Authenticated {
+            peer,
+            socket: link.socket,
+            transport: link.transport,
+            peer_cert: Some(link.peer_cert),
+            policy,
+        });
+    }
     let mut len = [0u8; 2];
     read_exact(&mut socket, &mut len).await?;
     let len = u16::from_be_bytes(len) as usize;
@@ -226,7 +248,7 @@ async fn accept_handshake(
     let mut msg1 = vec![0u8; len];
     read_exact(&mut socket, &mut msg1).await?;
     let params = PairParams {
-        mode: policy.mode,
+        mode: known.mode,
         mesh_id: &policy.mesh_id,
         dialer: &peer,
         acceptor: &ctx.me,
@@ -248,7 +270,8 @@ async fn accept_handshake(
     Ok(Authenticated {
         peer,
         socket,
-        session,
+        transport: Transport::Noise(session),
+        peer_cert: None,
         policy,
     })
 }
@@ -257,7 +280,9 @@ async fn accept_handshake(
 struct Authenticated {
     peer: PeerName,
     socket: TcpStream,
-    session: Session,
+    transport: Transport,
+    /// The dialer's certificate fingerprint (`tls` mode).
+    peer_cert: Option<String>,
     policy: Arc<AcceptPolicy>,
 }
 
@@ -271,9 +296,11 @@ async fn run_inbound(
     let Authenticated {
         peer,
         socket,
-        session,
+        transport,
+        peer_cert,
         policy,
     } = link;
+    let auth = policy.peers.get(&peer).map_or("", |k| k.mode.as_str());
     let link_cancel = cancel.child_token();
     let id = ctx
         .next_link_id
@@ -296,14 +323,21 @@ async fn run_inbound(
     let driver = Driver::new(
         peer.clone(),
         Direction::Acceptor,
-        session,
+        transport,
         &policy.limits,
         tx,
         Some(ctx.exits.clone()),
         observer.rtt(),
     );
     let started = Instant::now();
-    tracing::info!(peer = %peer, direction = "acceptor", %remote, "link up");
+    tracing::info!(
+        peer = %peer,
+        direction = "acceptor",
+        %remote,
+        auth = %auth,
+        peer_cert = %peer_cert.as_deref().unwrap_or(""),
+        "link up"
+    );
     let err = driver
         .run(socket, rx, link_cancel, CancellationToken::new())
         .await;

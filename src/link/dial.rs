@@ -12,11 +12,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::driver::{Direction, Driver, CMD_CAPACITY};
+use super::transport::{self, Transport};
 use super::{Backoff, BackoffConfig, LinkError, LinkHandle};
 use crate::admin::Metrics;
 use crate::config::{AuthMode, HostPort, Limits, PeerName};
 use crate::keys::{PairKey, PrivateKey, PublicKey};
-use crate::proto::handshake::{self, HandshakeError, PairParams, Session, MAX_HANDSHAKE_MSG};
+use crate::proto::handshake::{self, HandshakeError, PairParams, MAX_HANDSHAKE_MSG};
+use crate::tls::TlsStore;
 
 /// Where the current link to one peer is published (`None` while it is down).
 pub type LinkSlot = watch::Sender<Option<LinkHandle>>;
@@ -44,6 +46,9 @@ pub struct DialContext {
     pub limits: Limits,
     /// Redial backoff.
     pub backoff: BackoffConfig,
+    /// This host's TLS material (`tls` mode), read at each dial so a reload reaches the
+    /// next link without closing this one.
+    pub tls: Option<Arc<TlsStore>>,
     /// Last msg1 timestamp sent, so timestamps grow even if the clock steps back.
     last_timestamp: AtomicU64,
 }
@@ -73,8 +78,15 @@ impl DialContext {
             psk,
             limits,
             backoff: BackoffConfig::default(),
+            tls: None,
             last_timestamp: AtomicU64::new(0),
         }
+    }
+
+    /// Gives the context the daemon's TLS store (needed in `tls` mode).
+    pub fn with_tls(mut self, store: Arc<TlsStore>) -> Self {
+        self.tls = Some(store);
+        self
     }
 
     /// Whether a link made under `self` is still the link `other` describes (same
@@ -132,7 +144,13 @@ pub async fn supervise(
             r = dial_once(&ctx) => r,
         };
         match attempt {
-            Ok((socket, session, endpoint)) => {
+            Ok(Dialed {
+                socket,
+                transport,
+                endpoint,
+                peer_cert,
+                setup,
+            }) => {
                 failures_logged = 0;
                 let (tx, rx) = mpsc::channel(CMD_CAPACITY);
                 let handle = LinkHandle {
@@ -143,14 +161,22 @@ pub async fn supervise(
                 let driver = Driver::new(
                     ctx.peer.clone(),
                     Direction::Dialer,
-                    session,
+                    transport,
                     &ctx.limits,
                     tx,
                     None,
                     observer.rtt(),
                 );
                 let started = Instant::now();
-                tracing::info!(peer = %ctx.peer, direction = "dialer", %endpoint, "link up");
+                tracing::info!(
+                    peer = %ctx.peer,
+                    direction = "dialer",
+                    %endpoint,
+                    auth = %ctx.mode.as_str(),
+                    peer_cert = %peer_cert.as_deref().unwrap_or(""),
+                    setup_us = setup.as_micros() as u64,
+                    "link up"
+                );
                 let link_cancel = cancel.child_token();
                 slot.send_replace(Some(handle));
                 let err = driver.run(socket, rx, link_cancel, drain.clone()).await;
@@ -194,17 +220,29 @@ pub async fn supervise(
     }
 }
 
+/// An authenticated connection, ready for the driver.
+struct Dialed {
+    socket: TcpStream,
+    transport: Transport,
+    endpoint: String,
+    /// The acceptor's certificate fingerprint (`tls` mode).
+    peer_cert: Option<String>,
+    /// From the start of the TCP connect to the end of the handshake.
+    setup: std::time::Duration,
+}
+
 /// Tries each endpoint in order; returns the first authenticated connection.
-async fn dial_once(ctx: &DialContext) -> Result<(TcpStream, Session, String), LinkError> {
+async fn dial_once(ctx: &DialContext) -> Result<Dialed, LinkError> {
     let mut errors = Vec::new();
     for endpoint in &ctx.endpoints {
+        let started = Instant::now();
         let connect = async {
             match endpoint {
                 HostPort::Addr(a) => TcpStream::connect(a).await,
                 HostPort::Dns { host, port } => TcpStream::connect((host.as_str(), *port)).await,
             }
         };
-        let mut socket = match tokio::time::timeout(ctx.limits.handshake_timeout, connect).await {
+        let socket = match tokio::time::timeout(ctx.limits.handshake_timeout, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 errors.push(format!("{endpoint}: {e}"));
@@ -216,17 +254,32 @@ async fn dial_once(ctx: &DialContext) -> Result<(TcpStream, Session, String), Li
             }
         };
         let _ = socket.set_nodelay(true);
-        let hs = tokio::time::timeout(ctx.limits.handshake_timeout, handshake(ctx, &mut socket));
-        match hs.await {
-            Ok(Ok(session)) => return Ok((socket, session, endpoint.to_string())),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(LinkError::Handshake(HandshakeError::Timeout)),
-        }
+        let hs = tokio::time::timeout(ctx.limits.handshake_timeout, handshake(ctx, socket));
+        return match hs.await {
+            Ok(Ok((socket, transport, peer_cert))) => Ok(Dialed {
+                socket,
+                transport,
+                endpoint: endpoint.to_string(),
+                peer_cert,
+                setup: started.elapsed(),
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(LinkError::Handshake(HandshakeError::Timeout)),
+        };
     }
     Err(LinkError::Unreachable(errors.join("; ")))
 }
 
-async fn handshake(ctx: &DialContext, socket: &mut TcpStream) -> Result<Session, LinkError> {
+type Handshaken = (TcpStream, Transport, Option<String>);
+
+async fn handshake(ctx: &DialContext, mut socket: TcpStream) -> Result<Handshaken, LinkError> {
+    if ctx.mode == AuthMode::Tls {
+        let material = ctx.tls.as_ref().and_then(|s| s.current()).ok_or_else(|| {
+            HandshakeError::Local("tls link without tls material (cert, cert_key, ca)".into())
+        })?;
+        let link = transport::dial(&material, socket, &ctx.me, &ctx.peer).await?;
+        return Ok((link.socket, link.transport, Some(link.peer_cert)));
+    }
     let params = PairParams {
         mode: ctx.mode,
         mesh_id: &ctx.mesh_id,
@@ -239,14 +292,15 @@ async fn handshake(ctx: &DialContext, socket: &mut TcpStream) -> Result<Session,
     let (initiator, first) = handshake::initiate(&params, ctx.next_timestamp())?;
     socket.write_all(&first).await?;
     let mut len = [0u8; 2];
-    read_exact(socket, &mut len).await?;
+    read_exact(&mut socket, &mut len).await?;
     let len = u16::from_be_bytes(len) as usize;
     if len > MAX_HANDSHAKE_MSG {
         return Err(HandshakeError::Oversized(len).into());
     }
     let mut msg2 = vec![0u8; len];
-    read_exact(socket, &mut msg2).await?;
-    Ok(initiator.finish(&msg2)?)
+    read_exact(&mut socket, &mut msg2).await?;
+    let session = initiator.finish(&msg2)?;
+    Ok((socket, Transport::Noise(session), None))
 }
 
 /// `read_exact` that reports a closed connection as a truncated handshake.

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::transport::Transport;
 use super::{Cmd, LinkError, OpenFailure, StreamEvent, StreamHandle};
 use crate::admin::RttObserver;
 use crate::config::{Limits, PeerName};
@@ -96,7 +97,7 @@ pub(crate) fn open_error_text(code: OpenError) -> String {
 pub(crate) struct Driver {
     peer: PeerName,
     mux: Mux,
-    session: Session,
+    transport: Transport,
     streams: HashMap<StreamId, Slot>,
     cmds_tx: mpsc::Sender<Cmd>,
     exits: Option<Arc<dyn Exits>>,
@@ -111,7 +112,7 @@ impl Driver {
     pub(crate) fn new(
         peer: PeerName,
         direction: Direction,
-        session: Session,
+        transport: Transport,
         limits: &Limits,
         cmds_tx: mpsc::Sender<Cmd>,
         exits: Option<Arc<dyn Exits>>,
@@ -124,7 +125,7 @@ impl Driver {
         Self {
             peer,
             mux: Mux::new(role, mux_config(limits), Instant::now()),
-            session,
+            transport,
             streams: HashMap::new(),
             cmds_tx,
             exits,
@@ -164,6 +165,10 @@ impl Driver {
     ) -> LinkError {
         let (mut rd, mut wr) = socket.split();
         let mut draining = false;
+        // A TLS handshake may have read the first records along with its last message.
+        if let Err(e) = self.on_readable() {
+            return e;
+        }
         loop {
             if let Err(e) = self.fill_write_buffer() {
                 return e;
@@ -196,6 +201,10 @@ impl Driver {
                 _ = cancel.cancelled() => {
                     self.mux.go_away(0);
                     let _ = self.fill_write_buffer();
+                    if let Transport::Tls(tls) = &mut self.transport {
+                        tls.close();
+                        let _ = tls.flush_into(&mut self.wbuf);
+                    }
                     let flush = wr.write_all(&self.wbuf[self.wpos..]);
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), flush).await;
                     return LinkError::Cancelled;
@@ -248,14 +257,29 @@ impl Driver {
             self.wbuf.drain(..self.wpos);
             self.wpos = 0;
         }
-        while self.wbuf.len() - self.wpos < WRITE_HIGH_WATER {
-            // Frames are written straight into the socket buffer and sealed where they lie.
-            let start = Session::begin_record(&mut self.wbuf);
-            if !self.mux.poll_transmit(&mut self.wbuf) {
-                self.wbuf.truncate(start);
-                break;
+        match &mut self.transport {
+            Transport::Noise(session) => {
+                while self.wbuf.len() - self.wpos < WRITE_HIGH_WATER {
+                    // Frames are written straight into the socket buffer and sealed where
+                    // they lie.
+                    let start = Session::begin_record(&mut self.wbuf);
+                    if !self.mux.poll_transmit(&mut self.wbuf) {
+                        self.wbuf.truncate(start);
+                        break;
+                    }
+                    session.seal_record(&mut self.wbuf, start)?;
+                }
             }
-            self.session.seal_record(&mut self.wbuf, start)?;
+            Transport::Tls(tls) => {
+                // Alerts or key updates rustls queued while reading go out first.
+                tls.flush_into(&mut self.wbuf)?;
+                while self.wbuf.len() - self.wpos < WRITE_HIGH_WATER {
+                    if !self.mux.poll_transmit(tls.begin_record()) {
+                        break;
+                    }
+                    tls.seal_record(&mut self.wbuf)?;
+                }
+            }
         }
         Ok(())
     }
@@ -263,7 +287,25 @@ impl Driver {
     /// Decrypts every whole record in the read buffer and feeds it to the mux.
     fn on_readable(&mut self) -> Result<(), LinkError> {
         let now = Instant::now();
+        if let Transport::Tls(tls) = &mut self.transport {
+            tls.absorb(&self.rbuf)?;
+            self.rbuf.clear();
+            loop {
+                let record = match &mut self.transport {
+                    Transport::Tls(tls) => tls.next_record()?,
+                    Transport::Noise(_) => None,
+                };
+                let Some(record) = record else {
+                    return Ok(());
+                };
+                self.mux.handle_record(record.freeze(), now)?;
+                self.dispatch_events();
+            }
+        }
         while self.rbuf.len() >= 2 {
+            let Transport::Noise(session) = &mut self.transport else {
+                break;
+            };
             let len = u16::from_be_bytes([self.rbuf[0], self.rbuf[1]]) as usize;
             if len < TAG_LEN {
                 return Err(LinkError::RecordLength(len));
@@ -275,7 +317,7 @@ impl Driver {
             // streams) without a copy.
             let mut record = self.rbuf.split_to(2 + len);
             record.advance(2);
-            let n = self.session.open_in_place(&mut record)?;
+            let n = session.open_in_place(&mut record)?;
             record.truncate(n);
             let record = record.freeze();
             self.mux.handle_record(record, now)?;

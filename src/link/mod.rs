@@ -21,6 +21,7 @@ mod backoff;
 mod dial;
 mod driver;
 pub mod replay;
+mod transport;
 
 pub use accept::{serve_mesh, AcceptContext, AcceptPolicy, KnownPeer};
 pub use backoff::{Backoff, BackoffConfig};
@@ -46,6 +47,9 @@ pub enum LinkError {
     /// The peer broke the stream protocol, or stopped answering pings.
     #[error("protocol: {0}")]
     Protocol(#[from] MuxError),
+    /// The TLS record layer failed (bad record, alert from the peer).
+    #[error("tls: {0}")]
+    Tls(rustls::Error),
     /// A record length prefix was out of bounds.
     #[error("record length {0} out of bounds")]
     RecordLength(usize),
@@ -70,6 +74,7 @@ impl LinkError {
             LinkError::Record(_) => "decrypt",
             LinkError::Protocol(MuxError::Dead { .. }) => "ping_timeout",
             LinkError::Protocol(_) => "protocol",
+            LinkError::Tls(e) => crate::tls::reason(e),
             LinkError::RecordLength(_) => "oversized",
             LinkError::Cancelled => "cancelled",
             LinkError::Drained => "drained",

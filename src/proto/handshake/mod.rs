@@ -80,6 +80,16 @@ pub enum HandshakeError {
     /// Too many handshakes in progress (global cap or per-source limit).
     #[error("too many pending handshakes")]
     Overloaded,
+    /// The TLS handshake failed, or its certificate does not name the peer it claims.
+    #[error("tls handshake with {peer:?} failed: {detail}")]
+    Tls {
+        /// The peer named in the preamble (acceptor) or dialed (dialer).
+        peer: String,
+        /// A stable label from [`crate::tls::reason`].
+        reason: &'static str,
+        /// What went wrong, for humans.
+        detail: String,
+    },
     /// A local error building the Noise state (a bug or a bad local key).
     #[error("local noise error: {0}")]
     Local(String),
@@ -102,6 +112,7 @@ impl HandshakeError {
             HandshakeError::Timeout => "timeout",
             HandshakeError::Truncated => "truncated",
             HandshakeError::Overloaded => "overloaded",
+            HandshakeError::Tls { reason, .. } => reason,
             HandshakeError::Local(_) => "local",
         }
     }

@@ -1,0 +1,385 @@
+//! TLS material for `auth = "tls"` links: rustls with the ring provider (the project's one
+//! crypto backend), TLS 1.3 only, mutual authentication against the mesh CA, no session
+//! resumption, no tickets, no early data.
+//!
+//! Identity is the certificate's DNS SAN, which must be the peer's name. The verifiers
+//! check chain, dates and key usage; the link layer then checks that the dialer's
+//! certificate names the peer it claims in the preamble ([`check_peer_name`]) and applies
+//! the manifest and allow lists exactly as for the other modes.
+//!
+//! Material is loaded and checked as a whole ([`TlsMaterial::load`]) and swapped as a whole
+//! on reload ([`TlsStore`]): new handshakes use the new material, established links keep
+//! running on theirs.
+
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::{Resumption, WebPkiServerVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{NoServerSessionStorage, ParsedCertificate, WebPkiClientVerifier};
+use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
+
+use crate::config::PeerName;
+
+pub mod certgen;
+
+/// The three files of a host's TLS identity (host config `cert`, `cert_key`, `ca`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain: this host's certificate first, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM PKCS#8 private key of `cert` (mode 0600).
+    pub cert_key: PathBuf,
+    /// PEM certificates of the mesh CA (several during a CA rotation).
+    pub ca: PathBuf,
+}
+
+/// A problem with one of the TLS files; `field` is the host config field naming the file.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct TlsLoadError {
+    /// `cert`, `cert_key` or `ca`.
+    pub field: &'static str,
+    /// What is wrong (never the key material itself).
+    pub message: String,
+}
+
+fn load_err(field: &'static str, message: impl Into<String>) -> TlsLoadError {
+    TlsLoadError {
+        field,
+        message: message.into(),
+    }
+}
+
+/// The ring provider, the only one this project uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// `sha256:` and the lowercase hex SHA-256 of a certificate's DER bytes.
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut s = String::with_capacity(7 + 64);
+    s.push_str("sha256:");
+    for b in digest.as_ref() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Normalizes a fingerprint as an operator may write it: `sha256:ab…`, `AB:CD:…` (openssl
+/// style) or bare hex. Returns the [`fingerprint`] form, or `None` if it is not 32 bytes
+/// of hex.
+pub fn normalize_fingerprint(s: &str) -> Option<String> {
+    let s = s.trim();
+    let hex = s
+        .strip_prefix("sha256:")
+        .or_else(|| s.strip_prefix("SHA256:"))
+        .unwrap_or(s);
+    let hex: String = hex.chars().filter(|&c| c != ':').collect();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(format!("sha256:{}", hex.to_ascii_lowercase()))
+}
+
+/// A host's loaded and checked TLS identity, ready for handshakes.
+pub struct TlsMaterial {
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+    /// Fingerprint of this host's certificate.
+    pub cert_fingerprint: String,
+    /// Fingerprints of the CA certificates trusted.
+    pub ca_fingerprints: Vec<String>,
+    /// This host's certificate's notAfter, in seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("cert", &self.cert_fingerprint)
+            .field("ca", &self.ca_fingerprints)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_certs(
+    path: &Path,
+    field: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsLoadError> {
+    let text = fs::read(path)
+        .map_err(|e| load_err(field, format!("cannot read {}: {e}", path.display())))?;
+    let certs = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| load_err(field, format!("{} is not valid PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(load_err(
+            field,
+            format!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsLoadError> {
+    let field = "cert_key";
+    let meta = fs::metadata(path)
+        .map_err(|e| load_err(field, format!("cannot read {}: {e}", path.display())))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(load_err(
+            field,
+            format!(
+                "{} has mode {mode:03o}: a private key must not be readable by group or \
+                 others; run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ),
+        ));
+    }
+    let text = zeroize::Zeroizing::new(
+        fs::read(path)
+            .map_err(|e| load_err(field, format!("cannot read {}: {e}", path.display())))?,
+    );
+    // The parse error names only the PEM problem, never the bytes.
+    PrivateKeyDer::from_pem_slice(&text).map_err(|_| {
+        load_err(
+            field,
+            format!(
+                "{} holds no PEM private key (PKCS#8 \"PRIVATE KEY\", SEC1 or PKCS#1)",
+                path.display()
+            ),
+        )
+    })
+}
+
+/// Seconds since the epoch of a certificate's notAfter.
+fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+impl TlsMaterial {
+    /// Loads the three files and checks them together: the key is 0600 and matches the
+    /// certificate; every CA certificate matches `pins` when pins are given; and this
+    /// host's certificate verifies under the CA, now, for both server and client use, with
+    /// a DNS SAN equal to `me`. Every error names the field of the file at fault.
+    pub fn load(files: &TlsFiles, me: &PeerName, pins: &[String]) -> Result<Self, TlsLoadError> {
+        Self::load_at(files, me, pins, UnixTime::now())
+    }
+
+    fn load_at(
+        files: &TlsFiles,
+        me: &PeerName,
+        pins: &[String],
+        now: UnixTime,
+    ) -> Result<Self, TlsLoadError> {
+        let chain = read_certs(&files.cert, "cert")?;
+        let key = read_key(&files.cert_key)?;
+        let cas = read_certs(&files.ca, "ca")?;
+        let ca_fingerprints: Vec<String> = cas.iter().map(|c| fingerprint(c)).collect();
+        if !pins.is_empty() {
+            for fp in &ca_fingerprints {
+                if !pins.contains(fp) {
+                    return Err(load_err(
+                        "ca",
+                        format!(
+                            "{} holds a CA certificate with fingerprint {fp}, which mesh.toml \
+                             does not pin (ca_fingerprint = {pins:?}): wrong CA file?",
+                            files.ca.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut roots = RootCertStore::empty();
+        for ca in &cas {
+            roots.add(ca.clone()).map_err(|e| {
+                load_err(
+                    "ca",
+                    format!("{}: not a usable CA certificate: {e}", files.ca.display()),
+                )
+            })?;
+        }
+        let roots = Arc::new(roots);
+        let provider = provider();
+        let tls13 = [&rustls::version::TLS13];
+
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| load_err("ca", format!("{}: {e}", files.ca.display())))?;
+        let server_verifier =
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| load_err("ca", format!("{}: {e}", files.ca.display())))?;
+
+        // Check this host's own certificate the way its peers will, so a wrong file is
+        // caught here rather than as failing links.
+        let name = ServerName::try_from(me.as_str().to_owned())
+            .map_err(|e| load_err("cert", format!("peer name {me} is not a DNS name: {e}")))?;
+        let own = |e: rustls::Error| {
+            load_err(
+                "cert",
+                format!(
+                    "{} does not verify under the CA in {} as peer \"{me}\": {}",
+                    files.cert.display(),
+                    files.ca.display(),
+                    describe(&e)
+                ),
+            )
+        };
+        server_verifier
+            .verify_server_cert(&chain[0], &chain[1..], &name, &[], now)
+            .map_err(own)?;
+        client_verifier
+            .verify_client_cert(&chain[0], &chain[1..], now)
+            .map_err(own)?;
+
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&tls13)
+            .map_err(|e| load_err("cert", e.to_string()))?
+            .with_client_cert_verifier(client_verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| {
+                load_err(
+                    "cert_key",
+                    format!(
+                        "{} does not fit {}: {}",
+                        files.cert_key.display(),
+                        files.cert.display(),
+                        describe(&e)
+                    ),
+                )
+            })?;
+        server.send_tls13_tickets = 0;
+        server.session_storage = Arc::new(NoServerSessionStorage {});
+        server.max_early_data_size = 0;
+
+        let mut client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&tls13)
+            .map_err(|e| load_err("cert", e.to_string()))?
+            .with_webpki_verifier(server_verifier)
+            .with_client_auth_cert(chain.clone(), key)
+            .map_err(|e| {
+                load_err(
+                    "cert_key",
+                    format!(
+                        "{} does not fit {}: {}",
+                        files.cert_key.display(),
+                        files.cert.display(),
+                        describe(&e)
+                    ),
+                )
+            })?;
+        client.resumption = Resumption::disabled();
+        client.enable_early_data = false;
+
+        Ok(Self {
+            client: Arc::new(client),
+            server: Arc::new(server),
+            cert_fingerprint: fingerprint(&chain[0]),
+            ca_fingerprints,
+            not_after: not_after(&chain[0]).unwrap_or(0),
+        })
+    }
+
+    /// Client side of a handshake (the dialer).
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.client.clone()
+    }
+
+    /// Server side of a handshake (the acceptor).
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.server.clone()
+    }
+
+    /// Whether `other` is the same certificate and CA set.
+    pub fn same_as(&self, other: &TlsMaterial) -> bool {
+        self.cert_fingerprint == other.cert_fingerprint
+            && self.ca_fingerprints == other.ca_fingerprints
+    }
+}
+
+/// The current TLS material of a daemon, swapped whole on reload.
+#[derive(Debug, Default)]
+pub struct TlsStore(RwLock<Option<Arc<TlsMaterial>>>);
+
+impl TlsStore {
+    /// A store holding `material`.
+    pub fn new(material: Option<Arc<TlsMaterial>>) -> Self {
+        Self(RwLock::new(material))
+    }
+
+    /// The material new handshakes use.
+    pub fn current(&self) -> Option<Arc<TlsMaterial>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Installs new material; established links keep theirs.
+    pub fn set(&self, material: Option<Arc<TlsMaterial>>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = material;
+    }
+}
+
+/// Checks that a verified peer certificate names `claimed` (DNS SAN = peer name).
+pub fn check_peer_name(cert: &CertificateDer<'_>, claimed: &PeerName) -> Result<(), rustls::Error> {
+    let parsed = ParsedCertificate::try_from(cert)?;
+    let name = ServerName::try_from(claimed.as_str().to_owned())
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))?;
+    rustls::client::verify_server_name(&parsed, &name)
+}
+
+/// A stable, low-cardinality label for a TLS failure, for logs and metrics.
+pub fn reason(err: &rustls::Error) -> &'static str {
+    use rustls::Error as E;
+    match err {
+        E::InvalidCertificate(c) => match c {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "cert_expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "cert_not_yet_valid"
+            }
+            CertificateError::UnknownIssuer => "cert_unknown_issuer",
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                "cert_wrong_name"
+            }
+            CertificateError::BadSignature => "cert_bad_signature",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "cert_wrong_usage"
+            }
+            CertificateError::Revoked => "cert_revoked",
+            _ => "cert_invalid",
+        },
+        E::NoCertificatesPresented => "cert_missing",
+        E::AlertReceived(_) => "tls_alert",
+        E::PeerIncompatible(_) => "tls_incompatible",
+        _ => "tls",
+    }
+}
+
+/// A one-line description of a TLS failure for humans.
+pub fn describe(err: &rustls::Error) -> String {
+    use rustls::Error as E;
+    match err {
+        E::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "certificate not issued by the mesh CA (unknown issuer, or self-signed)".to_owned()
+        }
+        E::AlertReceived(alert) => {
+            format!("the other side refused the handshake (alert {alert:?})")
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,182 @@
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use time::Duration;
+
+use super::certgen::{self, Validity};
+use super::*;
+
+struct Dir {
+    tmp: tempfile::TempDir,
+    ca_cert: String,
+    ca_key: String,
+}
+
+impl Dir {
+    fn new() -> Self {
+        let ca = certgen::new_ca("test CA", Validity::days_from_now(30)).expect("ca");
+        Self {
+            tmp: tempfile::tempdir().expect("tempdir"),
+            ca_cert: ca.cert_pem,
+            ca_key: ca.key_pem.to_string(),
+        }
+    }
+
+    fn files(&self, name: &str, validity: Validity) -> TlsFiles {
+        let issued = certgen::issue(&self.ca_cert, &self.ca_key, name, validity).expect("issue");
+        self.write(name, &issued)
+    }
+
+    fn write(&self, name: &str, issued: &certgen::Issued) -> TlsFiles {
+        let files = TlsFiles {
+            cert: self.tmp.path().join(format!("{name}.crt")),
+            cert_key: self.tmp.path().join(format!("{name}.key")),
+            ca: self.tmp.path().join("ca.crt"),
+        };
+        certgen::write_public(&files.cert, &issued.cert_pem, true).expect("write cert");
+        certgen::write_private(&files.cert_key, &issued.key_pem, true).expect("write key");
+        certgen::write_public(&files.ca, &self.ca_cert, true).expect("write ca");
+        files
+    }
+}
+
+fn name(s: &str) -> PeerName {
+    PeerName::new(s).expect("name")
+}
+
+#[test]
+fn loads_a_valid_identity_and_reports_fingerprints() {
+    let d = Dir::new();
+    let files = d.files("off1", Validity::days_from_now(10));
+    let m = TlsMaterial::load(&files, &name("off1"), &[]).expect("load");
+    let cert_der = CertificateDer::pem_file_iter(&files.cert)
+        .expect("open")
+        .next()
+        .expect("one")
+        .expect("pem");
+    assert_eq!(m.cert_fingerprint, fingerprint(&cert_der));
+    assert_eq!(m.ca_fingerprints.len(), 1);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        (m.not_after - now - 10 * 86400).abs() < 120,
+        "not_after {}",
+        m.not_after
+    );
+}
+
+#[test]
+fn pinned_ca_must_match() {
+    let d = Dir::new();
+    let files = d.files("off1", Validity::days_from_now(10));
+    let right = TlsMaterial::load(&files, &name("off1"), &[])
+        .expect("load")
+        .ca_fingerprints;
+    TlsMaterial::load(&files, &name("off1"), &right).expect("pinned right CA");
+    let wrong = vec![format!("sha256:{}", "ab".repeat(32))];
+    let err = TlsMaterial::load(&files, &name("off1"), &wrong).expect_err("wrong pin");
+    assert_eq!(err.field, "ca");
+    assert!(err.message.contains("does not pin"), "{}", err.message);
+}
+
+#[test]
+fn refuses_a_readable_key_a_wrong_name_and_bad_dates() {
+    let d = Dir::new();
+    let files = d.files("off1", Validity::days_from_now(10));
+    fs::set_permissions(&files.cert_key, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = TlsMaterial::load(&files, &name("off1"), &[]).expect_err("0644 key");
+    assert_eq!(err.field, "cert_key");
+    assert!(err.message.contains("chmod 600"), "{}", err.message);
+    assert!(
+        !err.message.contains("PRIVATE KEY-----"),
+        "key bytes in error"
+    );
+
+    let files = d.files("off1", Validity::days_from_now(10));
+    let err = TlsMaterial::load(&files, &name("web1"), &[]).expect_err("other name");
+    assert_eq!(err.field, "cert");
+
+    let now = time::OffsetDateTime::now_utc();
+    let expired = Validity {
+        not_before: now - Duration::days(10),
+        not_after: now - Duration::days(1),
+    };
+    let files = d.files("off1", expired);
+    let err = TlsMaterial::load(&files, &name("off1"), &[]).expect_err("expired");
+    assert_eq!(err.field, "cert");
+    assert!(
+        err.message.to_lowercase().contains("expired"),
+        "{}",
+        err.message
+    );
+
+    let self_signed =
+        certgen::self_signed("off1", Validity::days_from_now(5)).expect("self-signed");
+    let files = d.write("off1", &self_signed);
+    let err = TlsMaterial::load(&files, &name("off1"), &[]).expect_err("self-signed");
+    assert!(
+        err.message.contains("not issued by the mesh CA"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn refuses_a_key_of_another_certificate() {
+    let d = Dir::new();
+    let a = certgen::issue(&d.ca_cert, &d.ca_key, "off1", Validity::days_from_now(5)).expect("a");
+    let b = certgen::issue(&d.ca_cert, &d.ca_key, "off1", Validity::days_from_now(5)).expect("b");
+    let mixed = certgen::Issued {
+        cert_pem: a.cert_pem,
+        key_pem: b.key_pem,
+        der: a.der,
+    };
+    let files = d.write("off1", &mixed);
+    let err = TlsMaterial::load(&files, &name("off1"), &[]).expect_err("mismatched key");
+    assert_eq!(err.field, "cert_key");
+}
+
+#[test]
+fn missing_and_garbage_files_name_their_field() {
+    let d = Dir::new();
+    let mut files = d.files("off1", Validity::days_from_now(5));
+    fs::write(&files.ca, "not pem").expect("write");
+    assert_eq!(
+        TlsMaterial::load(&files, &name("off1"), &[])
+            .expect_err("garbage")
+            .field,
+        "ca"
+    );
+    files.cert = d.tmp.path().join("missing.crt");
+    assert_eq!(
+        TlsMaterial::load(&files, &name("off1"), &[])
+            .expect_err("missing")
+            .field,
+        "cert"
+    );
+}
+
+#[test]
+fn fingerprints_normalize() {
+    let hex = "AB".repeat(32);
+    let want = format!("sha256:{}", "ab".repeat(32));
+    assert_eq!(normalize_fingerprint(&hex).as_deref(), Some(want.as_str()));
+    let colons: Vec<String> = (0..32).map(|_| "AB".to_owned()).collect();
+    assert_eq!(
+        normalize_fingerprint(&colons.join(":")).as_deref(),
+        Some(want.as_str())
+    );
+    assert_eq!(normalize_fingerprint(&want).as_deref(), Some(want.as_str()));
+    assert_eq!(normalize_fingerprint("sha256:abc"), None);
+    assert_eq!(normalize_fingerprint(&"zz".repeat(32)), None);
+}
+
+#[test]
+fn peer_name_check_uses_the_san() {
+    let d = Dir::new();
+    let issued =
+        certgen::issue(&d.ca_cert, &d.ca_key, "web1", Validity::days_from_now(5)).expect("issue");
+    let der = CertificateDer::from(issued.der);
+    check_peer_name(&der, &name("web1")).expect("its own name");
+    let err = check_peer_name(&der, &name("ops1")).expect_err("another name");
+    assert_eq!(reason(&err), "cert_wrong_name");
+}
