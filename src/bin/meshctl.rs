@@ -1,6 +1,7 @@
 //! `meshctl`: onboards a server (`add-peer`), checks a manifest as a CI step (`check`),
 //! prints pair fingerprints for out-of-band verification (`pair`), drafts a manifest from
-//! stunnel configurations (`import-stunnel`) and shows a running daemon's links (`status`).
+//! stunnel configurations (`import-stunnel`), shows a running daemon's links (`status`)
+//! and makes a private CA and peer certificates for `tls` links (`cert`).
 //!
 //! Exit codes: 0 success, 1 failure (including an invalid manifest, or a link down for
 //! `status`), 64 (EX_USAGE) when the manifest directory or the stunnel input cannot be used
@@ -19,6 +20,8 @@ use meshd::config::stunnel::{self, HostInput, ImportError};
 use meshd::config::{self, ConfigError, Diagnostic, HostPort, PeerName};
 use meshd::keys::{self, KeyError, PublicKey};
 
+#[path = "meshctl/cert.rs"]
+mod cert;
 #[path = "meshctl/status.rs"]
 mod status;
 
@@ -74,6 +77,9 @@ enum Command {
         #[arg(long, value_name = "ID", default_value = "imported")]
         mesh_id: String,
     },
+    /// Make a private CA and peer certificates for `auth = "tls"` (new-ca, issue, show).
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
     /// Print the fingerprint of a pair of peers, to compare out of band.
     Pair {
         /// One peer.
@@ -130,6 +136,7 @@ fn main() -> ExitCode {
         } => import_stunnel(&hosts, &addrs, &out, &mesh_id),
         Command::Status { admin, format } => status::run(&admin, matches!(format, Format::Json)),
         Command::Reload { admin } => status::reload(&admin),
+        Command::Cert(cmd) => cert::run(cmd),
     };
     match result {
         Ok(code) => code,
