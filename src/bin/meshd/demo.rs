@@ -13,11 +13,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use meshd::config::{Config, HostConfig, HostPort, Manifest};
+use meshd::config::{AuthMode, Config, HostConfig, HostPort, Manifest};
 use meshd::keys::{self, MeshSecret};
+use meshd::tls::certgen::{self, Validity};
+use meshd::tls::{TlsFiles, TlsMaterial};
 
-pub async fn run(manifest: Option<PathBuf>, keep: bool) -> ExitCode {
-    match demo(manifest, keep).await {
+pub async fn run(manifest: Option<PathBuf>, keep: bool, auth: Option<String>) -> ExitCode {
+    match demo(manifest, keep, auth).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("meshd demo: {e:#}");
@@ -115,9 +117,46 @@ async fn localize(mut manifest: Manifest, dir: &Path, ports: &mut Ports) -> Resu
     }
     let mut secret = [0u8; 32];
     keys::fill_random(&mut secret)?;
+    let uses_tls = manifest.mesh.auth == AuthMode::Tls
+        || manifest
+            .mesh
+            .pair_auth
+            .values()
+            .any(|m| *m == AuthMode::Tls);
+    // A demo CA, made the way `meshctl cert new-ca` makes one, and pinned.
+    let ca = if uses_tls {
+        let ca = certgen::new_ca("meshd demo CA", Validity::days_from_now(1))?;
+        let ca_path = dir.join("ca.crt");
+        certgen::write_public(&ca_path, &ca.cert_pem, true)?;
+        manifest.mesh.ca_fingerprints = vec![meshd::tls::fingerprint(&ca.der)];
+        Some((ca, ca_path))
+    } else {
+        None
+    };
     let mut configs = Vec::new();
     for (name, private_key, port) in keys_by_peer {
         let state_dir = dir.join(name.as_str());
+        let (tls_files, tls) = match &ca {
+            Some((ca, ca_path)) => {
+                let issued = certgen::issue(
+                    &ca.cert_pem,
+                    &ca.key_pem,
+                    name.as_str(),
+                    Validity::days_from_now(1),
+                )?;
+                let files = TlsFiles {
+                    cert: dir.join(format!("{name}.crt")),
+                    cert_key: dir.join(format!("{name}.key")),
+                    ca: ca_path.clone(),
+                };
+                certgen::write_public(&files.cert, &issued.cert_pem, true)?;
+                certgen::write_private(&files.cert_key, &issued.key_pem, true)?;
+                let material = TlsMaterial::load(&files, &name, &manifest.mesh.ca_fingerprints)
+                    .map_err(|e| anyhow!("{}: {}", e.field, e.message))?;
+                (Some(files), Some(std::sync::Arc::new(material)))
+            }
+            None => (None, None),
+        };
         configs.push(Config {
             host: HostConfig {
                 path: dir.join(format!("{name}.toml")),
@@ -128,28 +167,43 @@ async fn localize(mut manifest: Manifest, dir: &Path, ports: &mut Ports) -> Resu
                 admin: SocketAddr::from(([127, 0, 0, 1], ports.take()?)),
                 mesh_secret: None,
                 state_dir,
+                tls: tls_files,
             },
             manifest: manifest.clone(),
             private_key,
             mesh_secret: Some(MeshSecret::from_bytes(secret)),
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             hash: "demo".to_owned(),
+            tls,
         });
     }
     Ok(configs)
 }
 
-async fn demo(manifest_dir: Option<PathBuf>, keep: bool) -> Result<()> {
+async fn demo(manifest_dir: Option<PathBuf>, keep: bool, auth: Option<String>) -> Result<()> {
     let dir = manifest_dir.unwrap_or_else(default_manifest);
-    let manifest = meshd::config::load_manifest(&dir)
+    let mut manifest = meshd::config::load_manifest(&dir)
         .map_err(|e| anyhow!("{e}"))
         .with_context(|| format!("loading the example manifest {}", dir.display()))?;
+    if let Some(auth) = auth {
+        manifest.mesh.auth = match auth.as_str() {
+            "psk" => AuthMode::Psk,
+            "tls" => AuthMode::Tls,
+            _ => AuthMode::Noise,
+        };
+        manifest.mesh.pair_auth.clear();
+    }
     println!(
-        "meshd demo: mesh {:?} from {} ({} peers, auth {}), run on loopback with fresh keys\n",
+        "meshd demo: mesh {:?} from {} ({} peers, auth {}), run on loopback with fresh keys{}\n",
         manifest.mesh.mesh_id,
         dir.display(),
         manifest.peers.len(),
-        manifest.mesh.auth.as_str()
+        manifest.mesh.auth.as_str(),
+        if manifest.mesh.auth == AuthMode::Tls {
+            " and a fresh demo CA"
+        } else {
+            ""
+        }
     );
     let state = std::env::temp_dir().join(format!("meshd-demo-{}", std::process::id()));
     std::fs::create_dir_all(&state)?;

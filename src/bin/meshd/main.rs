@@ -56,6 +56,11 @@ enum Command {
         /// Keep the demo mesh running after the demonstration, until Ctrl-C.
         #[arg(long)]
         keep: bool,
+        /// Run every link in this auth mode instead of the manifest's: `tls` makes a demo
+        /// CA and one certificate per peer (as `meshctl cert` does) in the demo's temporary
+        /// directory.
+        #[arg(long, value_name = "MODE", value_parser = ["noise", "psk", "tls"])]
+        auth: Option<String>,
     },
 }
 
@@ -107,7 +112,11 @@ fn main() -> ExitCode {
         }
     };
     match args.command {
-        Some(Command::Demo { manifest, keep }) => runtime.block_on(demo::run(manifest, keep)),
+        Some(Command::Demo {
+            manifest,
+            keep,
+            auth,
+        }) => runtime.block_on(demo::run(manifest, keep, auth)),
         None => runtime.block_on(run_daemon(args.config)),
     }
 }
