@@ -159,6 +159,7 @@ pub struct TestMeshBuilder {
     auth: String,
     extra: Vec<String>,
     mesh_secret: bool,
+    tls: bool,
     peers: Vec<String>,
     services: Vec<(String, String, SocketAddr, Vec<String>)>,
     forwards: Vec<(String, ForwardSpec)>,
@@ -187,6 +188,14 @@ impl TestMeshBuilder {
     /// Writes `TMP/mesh.secret` (32 random bytes, 0600) and names it in every host config.
     pub fn mesh_secret(mut self) -> Self {
         self.mesh_secret = true;
+        self
+    }
+
+    /// Makes a test CA (`TMP/ca/ca.crt`, `ca.key`) and a certificate per peer
+    /// (`TMP/NAME/tls.crt`, `tls.key`), named in every host config as `cert`, `cert_key`
+    /// and `ca`. Combine with `.auth("tls")` or a `[[pairs]]` table.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
         self
     }
 
@@ -316,13 +325,30 @@ impl TestMeshBuilder {
             meshd::keys::create_mesh_secret_file(&path).expect("create mesh secret");
             path
         });
+        let ca = self.tls.then(|| {
+            let ca = meshd::tls::certgen::new_ca(
+                "meshd test CA",
+                meshd::tls::certgen::Validity::days_from_now(2),
+            )
+            .expect("test CA");
+            fs::create_dir_all(root.join("ca")).expect("mkdir ca");
+            meshd::tls::certgen::write_public(&root.join("ca/ca.crt"), &ca.cert_pem, true)
+                .expect("write ca.crt");
+            ca
+        });
         let mesh = TestMesh {
             dir,
             root,
             spec,
             hosts,
             secret,
+            ca,
         };
+        if mesh.ca.is_some() {
+            for name in mesh.hosts.keys() {
+                mesh.issue_cert(name, meshd::tls::certgen::Validity::days_from_now(2));
+            }
+        }
         for name in mesh.hosts.keys() {
             mesh.write_host_config(name);
         }
@@ -349,9 +375,47 @@ pub struct TestMesh {
     spec: MeshSpec,
     hosts: BTreeMap<String, Host>,
     secret: Option<PathBuf>,
+    /// The test CA, when built with `.tls()`.
+    ca: Option<meshd::tls::certgen::Issued>,
 }
 
 impl TestMesh {
+    /// `TMP/ca/ca.crt`, the test CA every host trusts.
+    pub fn ca_path(&self) -> PathBuf {
+        self.root.join("ca/ca.crt")
+    }
+
+    /// The test CA's certificate and key (PEM); panics without `.tls()`.
+    pub fn ca(&self) -> &meshd::tls::certgen::Issued {
+        self.ca
+            .as_ref()
+            .expect("this mesh was built without .tls()")
+    }
+
+    /// `TMP/NAME/tls.crt` and `TMP/NAME/tls.key`.
+    pub fn cert_paths(&self, name: &str) -> (PathBuf, PathBuf) {
+        self.host(name);
+        let dir = self.root.join(name);
+        (dir.join("tls.crt"), dir.join("tls.key"))
+    }
+
+    /// Issues a new certificate for `name` under the test CA and writes it over the host's
+    /// files (the daemon picks it up on SIGHUP). Returns its fingerprint.
+    pub fn issue_cert(&self, name: &str, validity: meshd::tls::certgen::Validity) -> String {
+        let ca = self.ca();
+        let issued = meshd::tls::certgen::issue(&ca.cert_pem, &ca.key_pem, name, validity)
+            .expect("issue test certificate");
+        self.write_cert(name, &issued)
+    }
+
+    /// Writes `issued` as `name`'s certificate and key; returns its fingerprint.
+    pub fn write_cert(&self, name: &str, issued: &meshd::tls::certgen::Issued) -> String {
+        let (crt, key) = self.cert_paths(name);
+        meshd::tls::certgen::write_private(&key, &issued.key_pem, true).expect("write key");
+        meshd::tls::certgen::write_public(&crt, &issued.cert_pem, true).expect("write cert");
+        meshd::tls::fingerprint(&issued.der)
+    }
+
     /// A builder with `mesh_id = "t"` and `auth = "noise"`.
     pub fn builder() -> TestMeshBuilder {
         TestMeshBuilder {
@@ -359,6 +423,7 @@ impl TestMesh {
             auth: "noise".into(),
             extra: Vec::new(),
             mesh_secret: false,
+            tls: false,
             peers: Vec::new(),
             services: Vec::new(),
             forwards: Vec::new(),
@@ -393,6 +458,15 @@ impl TestMesh {
         );
         if let Some(secret) = &self.secret {
             s.push_str(&format!("mesh_secret = {}\n", path_str(secret)));
+        }
+        if self.ca.is_some() {
+            let (crt, key) = self.cert_paths(name);
+            s.push_str(&format!(
+                "cert = {}\ncert_key = {}\nca = {}\n",
+                path_str(&crt),
+                path_str(&key),
+                path_str(&self.ca_path())
+            ));
         }
         fs::write(self.host_config_path(name), s).expect("write host config");
     }
