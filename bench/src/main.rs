@@ -48,7 +48,7 @@ struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,stunnel,spiped,rathole,meshd-noise,meshd-psk"
+        default_value = "direct,stunnel,spiped,rathole,meshd-noise,meshd-psk,meshd-tls"
     )]
     adapters: Vec<AdapterKind>,
 
@@ -348,7 +348,7 @@ fn collect_meta(adapters: &[AdapterKind], runs: usize, s: &Settings, smoke: bool
     for &a in adapters {
         let key = match a {
             AdapterKind::Direct => continue,
-            AdapterKind::MeshdNoise | AdapterKind::MeshdPsk => "meshd",
+            AdapterKind::MeshdNoise | AdapterKind::MeshdPsk | AdapterKind::MeshdTls => "meshd",
             other => other.name(),
         };
         if !versions.contains_key(key) {

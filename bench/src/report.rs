@@ -56,10 +56,11 @@ pub struct Results {
 }
 
 /// The ratios shown below the table and in the chart: numerator, denominator.
-const RATIOS: [(AdapterKind, AdapterKind); 3] = [
+const RATIOS: [(AdapterKind, AdapterKind); 4] = [
     (AdapterKind::MeshdNoise, AdapterKind::Stunnel),
     (AdapterKind::MeshdNoise, AdapterKind::Direct),
     (AdapterKind::MeshdPsk, AdapterKind::Stunnel),
+    (AdapterKind::MeshdTls, AdapterKind::Stunnel),
 ];
 
 /// A compact number: about three significant digits.

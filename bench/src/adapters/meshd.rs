@@ -1,6 +1,7 @@
 //! meshd: two daemons on loopback. Peer `a` exports service `svc` (the benchmark target)
 //! to `b`; `b` has the forward (our entrance) to `a/svc` and dials the link.
-//! `psk` mode adds the mesh secret file both hosts need.
+//! `psk` mode adds the mesh secret file both hosts need; `tls` a CA and one certificate
+//! per host, made by the library's certgen (as `meshctl cert` does).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ const RUST_LOG: &str = "warn,meshd::link::dial=info";
 pub enum Auth {
     Noise,
     Psk,
+    Tls,
 }
 
 /// The `meshd` binary built next to this one.
@@ -41,14 +43,24 @@ pub fn start(target: SocketAddr, auth: Auth) -> Result<Tunnel> {
     let dir = TempDir::new(match auth {
         Auth::Noise => "meshd-noise",
         Auth::Psk => "meshd-psk",
+        Auth::Tls => "meshd-tls",
     })?;
     let entrance = procs::local(procs::free_port()?);
     let mesh = |_: &str| -> Result<SocketAddr> { Ok(procs::local(procs::free_port()?)) };
     let (mesh_a, mesh_b) = (mesh("a")?, mesh("b")?);
     let manifest = dir.join("peers");
     std::fs::create_dir_all(&manifest)?;
+    let ca = match auth {
+        Auth::Tls => {
+            let validity = meshd::tls::certgen::Validity::days_from_now(1);
+            let ca = meshd::tls::certgen::new_ca("meshbench CA", validity)?;
+            meshd::tls::certgen::write_public(&dir.join("ca.crt"), &ca.cert_pem, true)?;
+            Some(ca)
+        }
+        _ => None,
+    };
     let secret = match auth {
-        Auth::Noise => None,
+        Auth::Noise | Auth::Tls => None,
         Auth::Psk => {
             let p = dir.join("mesh.secret");
             meshd::keys::create_mesh_secret_file(&p)?;
@@ -62,6 +74,7 @@ pub fn start(target: SocketAddr, auth: Auth) -> Result<Tunnel> {
             quote(match auth {
                 Auth::Noise => "noise",
                 Auth::Psk => "psk",
+                Auth::Tls => "tls",
             })
         ),
     )?;
@@ -99,6 +112,19 @@ pub fn start(target: SocketAddr, auth: Auth) -> Result<Tunnel> {
         );
         if let Some(secret) = &secret {
             host_conf.push_str(&format!("mesh_secret = {}\n", path_str(secret)?));
+        }
+        if let Some(ca) = &ca {
+            let validity = meshd::tls::certgen::Validity::days_from_now(1);
+            let issued = meshd::tls::certgen::issue(&ca.cert_pem, &ca.key_pem, name, validity)?;
+            let (crt, key) = (host.join("tls.crt"), host.join("tls.key"));
+            meshd::tls::certgen::write_public(&crt, &issued.cert_pem, true)?;
+            meshd::tls::certgen::write_private(&key, &issued.key_pem, true)?;
+            host_conf.push_str(&format!(
+                "cert = {}\ncert_key = {}\nca = {}\n",
+                path_str(&crt)?,
+                path_str(&key)?,
+                path_str(&dir.join("ca.crt"))?
+            ));
         }
         let conf = host.join("meshd.toml");
         std::fs::write(&conf, host_conf)?;

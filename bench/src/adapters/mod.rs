@@ -29,16 +29,18 @@ pub enum AdapterKind {
     Rathole,
     MeshdNoise,
     MeshdPsk,
+    MeshdTls,
 }
 
 impl AdapterKind {
-    pub const ALL: [AdapterKind; 6] = [
+    pub const ALL: [AdapterKind; 7] = [
         AdapterKind::Direct,
         AdapterKind::Stunnel,
         AdapterKind::Spiped,
         AdapterKind::Rathole,
         AdapterKind::MeshdNoise,
         AdapterKind::MeshdPsk,
+        AdapterKind::MeshdTls,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +51,7 @@ impl AdapterKind {
             AdapterKind::Rathole => "rathole",
             AdapterKind::MeshdNoise => "meshd-noise",
             AdapterKind::MeshdPsk => "meshd-psk",
+            AdapterKind::MeshdTls => "meshd-tls",
         }
     }
 
@@ -68,14 +71,16 @@ impl AdapterKind {
             AdapterKind::Rathole => rathole::binary()
                 .is_none()
                 .then(|| "missing: install rathole (cargo install rathole)".to_owned()),
-            AdapterKind::MeshdNoise | AdapterKind::MeshdPsk => match meshd::binary() {
-                Ok(p) if p.is_file() => None,
-                Ok(p) => Some(format!(
-                    "missing: build meshd ({} does not exist; cargo build --release --bins)",
-                    p.display()
-                )),
-                Err(e) => Some(format!("missing: meshd binary ({e:#})")),
-            },
+            AdapterKind::MeshdNoise | AdapterKind::MeshdPsk | AdapterKind::MeshdTls => {
+                match meshd::binary() {
+                    Ok(p) if p.is_file() => None,
+                    Ok(p) => Some(format!(
+                        "missing: build meshd ({} does not exist; cargo build --release --bins)",
+                        p.display()
+                    )),
+                    Err(e) => Some(format!("missing: meshd binary ({e:#})")),
+                }
+            }
         }
     }
 
@@ -86,7 +91,7 @@ impl AdapterKind {
             AdapterKind::Stunnel => ("stunnel".into(), &["-version"]),
             AdapterKind::Spiped => ("spiped".into(), &["-v"]),
             AdapterKind::Rathole => (rathole::binary()?, &["--version"]),
-            AdapterKind::MeshdNoise | AdapterKind::MeshdPsk => {
+            AdapterKind::MeshdNoise | AdapterKind::MeshdPsk | AdapterKind::MeshdTls => {
                 (meshd::binary().ok()?, &["--version"])
             }
         };
@@ -109,6 +114,7 @@ impl AdapterKind {
             AdapterKind::Rathole => rathole::start(target),
             AdapterKind::MeshdNoise => meshd::start(target, meshd::Auth::Noise),
             AdapterKind::MeshdPsk => meshd::start(target, meshd::Auth::Psk),
+            AdapterKind::MeshdTls => meshd::start(target, meshd::Auth::Tls),
         }
     }
 }
