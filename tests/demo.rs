@@ -6,9 +6,23 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn demo_carries_every_example_forward() {
+    let stdout = run_demo(&[]);
+    assert!(stdout.contains("auth noise"), "{stdout}");
+}
+
+#[test]
+fn demo_in_tls_mode_carries_every_example_forward() {
+    let stdout = run_demo(&["--auth", "tls"]);
+    assert!(stdout.contains("auth tls"), "{stdout}");
+    assert!(stdout.contains("fresh demo CA"), "{stdout}");
+}
+
+/// Runs `meshd demo ARGS` on the example manifest and checks that every stream crossed.
+fn run_demo(args: &[&str]) -> String {
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/peers");
     let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
         .args(["demo", "--manifest", manifest])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -37,4 +51,5 @@ fn demo_carries_every_example_forward() {
     );
     assert!(stdout.contains("HTTP/1.0 200 OK"), "{stdout}");
     assert!(!stdout.contains("FAILED"), "{stdout}");
+    stdout.into_owned()
 }

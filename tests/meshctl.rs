@@ -197,3 +197,92 @@ fn pair_fingerprint_is_symmetric() {
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown peer \"nobody\""));
 }
+
+#[test]
+fn cert_new_ca_and_issue_make_files_meshd_loads() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca_dir = tmp.path().join("ca");
+    let o = meshctl(&["cert", "new-ca", "--out-dir", s(&ca_dir), "--days", "30"]);
+    assert!(o.status.success(), "{o:?}");
+    let out = stdout(&o);
+    let pin = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ca_fingerprint = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no ca_fingerprint line in:\n{out}"))
+        .to_owned();
+    let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&ca_dir.join("ca.key")), 0o600);
+
+    let o = meshctl(&[
+        "cert",
+        "issue",
+        "web1",
+        "--ca-dir",
+        s(&ca_dir),
+        "--days",
+        "5",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(mode(&ca_dir.join("web1.key")), 0o600);
+    // The CA is never silently replaced, nor a peer key.
+    let o = meshctl(&["cert", "new-ca", "--out-dir", s(&ca_dir)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--force"),
+        "{o:?}"
+    );
+    let o = meshctl(&["cert", "issue", "web1", "--ca-dir", s(&ca_dir)]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let o = meshctl(&["cert", "issue", "Not_A_Name", "--ca-dir", s(&ca_dir)]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+
+    // What meshd will load: verifies under the CA for web1, with the printed pin.
+    let files = meshd::tls::TlsFiles {
+        cert: ca_dir.join("web1.crt"),
+        cert_key: ca_dir.join("web1.key"),
+        ca: ca_dir.join("ca.crt"),
+    };
+    let name = meshd::config::PeerName::new("web1").expect("name");
+    let m = meshd::tls::TlsMaterial::load(&files, &name, &[pin.clone()]).expect("load");
+    assert_eq!(m.ca_fingerprints, vec![pin.clone()]);
+
+    let o = meshctl(&["cert", "show", s(&ca_dir.join("web1.crt"))]);
+    assert!(o.status.success(), "{o:?}");
+    let out = stdout(&o);
+    assert!(out.contains("dns names:   web1"), "{out}");
+    assert!(out.contains(&m.cert_fingerprint), "{out}");
+    let o = meshctl(&["cert", "show", s(&ca_dir.join("ca.crt"))]);
+    assert!(stdout(&o).contains(&pin), "{o:?}");
+}
+
+#[test]
+fn certs_example_certificates_chain_to_the_example_ca_and_carry_no_key() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/certs-example"));
+    let ca = CertificateDer::from_pem_file(dir.join("ca.crt")).expect("ca.crt");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).expect("root");
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        meshd::tls::provider(),
+    )
+    .build()
+    .expect("verifier");
+    for peer in ["off1", "web1", "ops1"] {
+        let cert = CertificateDer::from_pem_file(dir.join(format!("{peer}.crt"))).expect("cert");
+        let name = ServerName::try_from(peer.to_owned()).expect("name");
+        use rustls::client::danger::ServerCertVerifier;
+        verifier
+            .verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+            .unwrap_or_else(|e| panic!("certs-example/{peer}.crt: {e}"));
+    }
+    for entry in fs::read_dir(dir).expect("list") {
+        let name = entry.expect("entry").file_name();
+        assert!(
+            !name.to_string_lossy().ends_with(".key"),
+            "certs-example holds a private key: {name:?}"
+        );
+    }
+}
