@@ -244,7 +244,7 @@ fn cert_new_ca_and_issue_make_files_meshd_loads() {
         ca: ca_dir.join("ca.crt"),
     };
     let name = meshd::config::PeerName::new("web1").expect("name");
-    let m = meshd::tls::TlsMaterial::load(&files, &name, &[pin.clone()]).expect("load");
+    let m = meshd::tls::TlsMaterial::load(&files, &name, std::slice::from_ref(&pin)).expect("load");
     assert_eq!(m.ca_fingerprints, vec![pin.clone()]);
 
     let o = meshctl(&["cert", "show", s(&ca_dir.join("web1.crt"))]);
