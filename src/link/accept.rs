@@ -235,7 +235,7 @@ async fn accept_handshake(
             peer,
             socket: link.socket,
             transport: link.transport,
-            peer_cert: Some(link.peer_cert),
+            peer_cert: Some((link.peer_cert, link.cipher)),
             policy,
         });
     }
@@ -281,8 +281,8 @@ struct Authenticated {
     peer: PeerName,
     socket: TcpStream,
     transport: Transport,
-    /// The dialer's certificate fingerprint (`tls` mode).
-    peer_cert: Option<String>,
+    /// The dialer's certificate fingerprint and the cipher suite (`tls` mode).
+    peer_cert: Option<(String, String)>,
     policy: Arc<AcceptPolicy>,
 }
 
@@ -335,7 +335,8 @@ async fn run_inbound(
         direction = "acceptor",
         %remote,
         auth = %auth,
-        peer_cert = %peer_cert.as_deref().unwrap_or(""),
+        peer_cert = %peer_cert.as_ref().map_or("", |c| c.0.as_str()),
+        cipher = %peer_cert.as_ref().map_or("", |c| c.1.as_str()),
         "link up"
     );
     let err = driver

@@ -173,7 +173,8 @@ pub async fn supervise(
                     direction = "dialer",
                     %endpoint,
                     auth = %ctx.mode.as_str(),
-                    peer_cert = %peer_cert.as_deref().unwrap_or(""),
+                    peer_cert = %peer_cert.as_ref().map_or("", |c| c.0.as_str()),
+                    cipher = %peer_cert.as_ref().map_or("", |c| c.1.as_str()),
                     setup_us = setup.as_micros() as u64,
                     "link up"
                 );
@@ -225,8 +226,8 @@ struct Dialed {
     socket: TcpStream,
     transport: Transport,
     endpoint: String,
-    /// The acceptor's certificate fingerprint (`tls` mode).
-    peer_cert: Option<String>,
+    /// The acceptor's certificate fingerprint and the cipher suite (`tls` mode).
+    peer_cert: Option<(String, String)>,
     /// From the start of the TCP connect to the end of the handshake.
     setup: std::time::Duration,
 }
@@ -270,7 +271,8 @@ async fn dial_once(ctx: &DialContext) -> Result<Dialed, LinkError> {
     Err(LinkError::Unreachable(errors.join("; ")))
 }
 
-type Handshaken = (TcpStream, Transport, Option<String>);
+/// The socket, its record layer and, for tls, the peer certificate and cipher suite.
+type Handshaken = (TcpStream, Transport, Option<(String, String)>);
 
 async fn handshake(ctx: &DialContext, mut socket: TcpStream) -> Result<Handshaken, LinkError> {
     if ctx.mode == AuthMode::Tls {
@@ -278,7 +280,8 @@ async fn handshake(ctx: &DialContext, mut socket: TcpStream) -> Result<Handshake
             HandshakeError::Local("tls link without tls material (cert, cert_key, ca)".into())
         })?;
         let link = transport::dial(&material, socket, &ctx.me, &ctx.peer).await?;
-        return Ok((link.socket, link.transport, Some(link.peer_cert)));
+        let info = (link.peer_cert, link.cipher);
+        return Ok((link.socket, link.transport, Some(info)));
     }
     let params = PairParams {
         mode: ctx.mode,

@@ -130,6 +130,14 @@ pub(crate) struct TlsLink {
     pub transport: Transport,
     /// Fingerprint of the other side's certificate, for the "link up" log line.
     pub peer_cert: String,
+    /// The negotiated TLS 1.3 cipher suite, for the same line.
+    pub cipher: String,
+}
+
+fn cipher_name(suite: Option<rustls::SupportedCipherSuite>) -> String {
+    suite
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default()
 }
 
 fn tls_failure(err: std::io::Error, peer: &PeerName) -> LinkError {
@@ -179,10 +187,12 @@ pub(crate) async fn dial(
         .map_err(|e| tls_failure(e, peer))?;
     let (socket, conn) = stream.into_inner();
     let peer_cert = peer_cert_fingerprint(conn.peer_certificates());
+    let cipher = cipher_name(conn.negotiated_cipher_suite());
     Ok(TlsLink {
         socket,
         transport: Transport::Tls(TlsRecords::new(conn.into())),
         peer_cert,
+        cipher,
     })
 }
 
@@ -219,9 +229,11 @@ pub(crate) async fn accept(
         }));
     }
     let peer_cert = tls::fingerprint(cert);
+    let cipher = cipher_name(conn.negotiated_cipher_suite());
     Ok(TlsLink {
         socket,
         transport: Transport::Tls(TlsRecords::new(conn.into())),
         peer_cert,
+        cipher,
     })
 }

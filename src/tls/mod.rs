@@ -57,9 +57,20 @@ fn load_err(field: &'static str, message: impl Into<String>) -> TlsLoadError {
     }
 }
 
-/// The ring provider, the only one this project uses.
+/// The ring provider, the only one this project uses, with TLS 1.3 AES-128-GCM first:
+/// both ends are meshd, so this order decides, and AES-128 has 10 rounds to AES-256's 14
+/// (the cipher is about a third of a busy link's CPU). The other suites stay as fallbacks.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![
+        TLS13_AES_128_GCM_SHA256,
+        TLS13_AES_256_GCM_SHA384,
+        TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(provider)
 }
 
 /// `sha256:` and the lowercase hex SHA-256 of a certificate's DER bytes.
