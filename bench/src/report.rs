@@ -330,7 +330,7 @@ impl Results {
             .log10()
             .ceil()
             .max(1.0);
-        let colors = ["#1f77b4", "#ff7f0e", "#2ca02c"];
+        let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"];
         let (label_w, plot_w, bar_h, gap, top) = (330.0, 520.0, 14.0, 14.0, 70.0);
         let group_h = bar_h * pairs.len() as f64 + gap;
         let height = top + group_h * rows.len() as f64 + 40.0;
