@@ -335,10 +335,12 @@ fn status_healthz_and_meshctl_follow_a_peer_killed_and_back() {
         .find(|l| l.starts_with("b "))
         .expect("a row for b");
     assert!(row.contains("dialer") && row.contains(" up "), "{out}");
+    assert!(row.contains(" noise "), "the auth column: {out}");
     for column in [
         "PEER",
         "DIRECTION",
         "STATE",
+        "AUTH",
         "RTT",
         "HANDSHAKE",
         "STREAMS",
@@ -354,6 +356,7 @@ fn status_healthz_and_meshctl_follow_a_peer_killed_and_back() {
     let doc: serde_json::Value = serde_json::from_str(&json).expect("meshctl json");
     assert_eq!(doc["host"], "a");
     assert_eq!(doc["links"][0]["state"], "up");
+    assert_eq!(doc["links"][0]["auth"], "noise");
 
     b.kill();
     let link = a.wait_link("b", "dialer", "down");

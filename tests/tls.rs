@@ -178,6 +178,31 @@ async fn a_tls_pair_and_a_noise_pair_carry_streams_at_once() {
     mesh.wait_for_log_line("a", &["link up", "peer=c", "auth=noise"], LINK_UP)
         .await;
 
+    // /status says which link runs which mode.
+    let status = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(mesh.admin_addr("a")).expect("admin");
+        write!(
+            s,
+            "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        let body = out.split("\r\n\r\n").nth(1).expect("body").to_owned();
+        serde_json::from_str::<serde_json::Value>(&body).expect("status json")
+    };
+    let auth_of = |peer: &str| {
+        status["links"]
+            .as_array()
+            .expect("links")
+            .iter()
+            .find(|l| l["peer"] == peer)
+            .map(|l| l["auth"].clone())
+    };
+    assert_eq!(auth_of("b"), Some(serde_json::json!("tls")), "{status}");
+    assert_eq!(auth_of("c"), Some(serde_json::json!("noise")), "{status}");
+
     // Both links carry 32 MiB each way at the same time, byte for byte.
     let run = |addr: SocketAddr, seed: u64| async move {
         let s = TcpStream::connect(addr).await.expect("connect");

@@ -150,6 +150,8 @@ pub(crate) struct LinkState {
     pub(crate) live: u32,
     pub(crate) rtt: Option<Duration>,
     pub(crate) last_handshake: Option<Instant>,
+    /// Auth mode of the latest link (`noise`, `psk`, `tls`).
+    pub(crate) auth: Option<&'static str>,
     pub(crate) established: u64,
     pub(crate) last_error: Option<String>,
 }
@@ -518,6 +520,11 @@ impl LinkObserver {
     /// The RTT reporter for the link's driver.
     pub fn rtt(&self) -> RttObserver {
         self.rtt.clone()
+    }
+
+    /// Records how the link authenticated (`noise`, `psk`, `tls`), for `/status`.
+    pub fn set_auth(&self, auth: &'static str) {
+        self.entry.state().auth = Some(auth);
     }
 
     /// The link ended with `err`. A local close (shutdown, superseded) is not a failure.

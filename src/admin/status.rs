@@ -32,6 +32,9 @@ pub struct LinkReport {
     pub direction: String,
     /// `up` or `down`.
     pub state: String,
+    /// How the latest link authenticated: `noise`, `psk` or `tls` (absent before the first).
+    #[serde(default)]
+    pub auth: Option<String>,
     /// This host dials the link for its forwards; `/healthz` fails while it is down.
     pub required: bool,
     /// Last measured keepalive round trip, in milliseconds.
@@ -70,6 +73,7 @@ impl Metrics {
                     peer: e.peer.to_string(),
                     direction: e.direction.as_str().to_owned(),
                     state: if st.live > 0 { "up" } else { "down" }.to_owned(),
+                    auth: st.auth.map(str::to_owned),
                     required: e.required,
                     rtt_ms: st.rtt.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
                     last_handshake_age_s: st.last_handshake.map(|t| (now - t).as_secs()),

@@ -320,6 +320,9 @@ async fn run_inbound(
     }
     let (tx, rx) = mpsc::channel(CMD_CAPACITY);
     let observer = metrics.link_up(&peer, Direction::Acceptor);
+    if let Some(k) = policy.peers.get(&peer) {
+        observer.set_auth(k.mode.as_str());
+    }
     let driver = Driver::new(
         peer.clone(),
         Direction::Acceptor,

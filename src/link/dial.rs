@@ -158,6 +158,7 @@ pub async fn supervise(
                     cmds: tx.clone(),
                 };
                 let observer = metrics.link_up(&ctx.peer, Direction::Dialer);
+                observer.set_auth(ctx.mode.as_str());
                 let driver = Driver::new(
                     ctx.peer.clone(),
                     Direction::Dialer,

@@ -138,7 +138,7 @@ fn human_age(s: u64) -> String {
     }
 }
 
-fn row(l: &LinkReport) -> [String; 10] {
+fn row(l: &LinkReport) -> [String; 11] {
     [
         l.peer.clone(),
         l.direction.clone(),
@@ -147,6 +147,7 @@ fn row(l: &LinkReport) -> [String; 10] {
         } else {
             "DOWN".to_owned()
         },
+        l.auth.clone().unwrap_or_else(|| "-".to_owned()),
         l.rtt_ms.map_or("-".to_owned(), |ms| format!("{ms:.2} ms")),
         l.last_handshake_age_s.map_or("never".to_owned(), human_age),
         l.streams.to_string(),
@@ -175,6 +176,7 @@ pub fn render(r: &StatusReport) -> String {
         "PEER",
         "DIRECTION",
         "STATE",
+        "AUTH",
         "RTT",
         "HANDSHAKE",
         "STREAMS",
@@ -184,10 +186,10 @@ pub fn render(r: &StatusReport) -> String {
         "LAST ERROR",
     ]
     .map(str::to_owned);
-    let rows: Vec<[String; 10]> = std::iter::once(header)
+    let rows: Vec<[String; 11]> = std::iter::once(header)
         .chain(r.links.iter().map(row))
         .collect();
-    let mut widths = [0usize; 10];
+    let mut widths = [0usize; 11];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
