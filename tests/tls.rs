@@ -639,3 +639,72 @@ async fn one_gib_over_tls_and_over_noise_sha256_equal() {
         setup_us(&noise_line)
     );
 }
+
+/// Garbage where a ClientHello should be, and a dialer that stalls mid-handshake, are
+/// refused with their reasons and counted; the listener keeps serving a real peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_stalls_after_a_tls_preamble_are_refused_and_the_link_still_comes_up() {
+    let echo = EchoServer::start().await;
+    let mut mesh = TestMesh::builder()
+        .auth("tls")
+        .tls()
+        .mesh_toml("[limits]\nhandshake_timeout_ms = 1000")
+        .service("a", "echo", echo.addr(), &["b"])
+        .forward("b", "a/echo")
+        .build();
+    mesh.start("a");
+    mesh.wait_for_log("a", "meshd ready", LINK_UP).await;
+    let addr = mesh.mesh_addr("a");
+    let preamble = Preamble {
+        mode: AuthMode::Tls,
+        name: PeerName::new("b").expect("name"),
+    }
+    .encode();
+
+    // A preamble, then 4 KiB that is not TLS.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&preamble).await.expect("preamble");
+    let _ = s.write_all(&XorShift::new(3).bytes(4096)).await;
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // a TLS alert may come first
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the acceptor kept a garbage connection open"
+    );
+    mesh.wait_for_log_line("a", &["handshake rejected", "reason=\"tls\""], LOG)
+        .await;
+
+    // A preamble and then silence: cut at the handshake deadline.
+    let mut stalled = TcpStream::connect(addr).await.expect("connect");
+    stalled.write_all(&preamble).await.expect("preamble");
+    mesh.wait_for_log_line("a", &["handshake rejected", "reason=\"timeout\""], LOG)
+        .await;
+    let m = metrics_text(mesh.admin_addr("a"));
+    assert!(
+        sample(&m, "meshd_handshake_failures_total{reason=\"tls\"}") >= 1.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "meshd_handshake_failures_total{reason=\"timeout\"}") >= 1.0,
+        "{m}"
+    );
+
+    // The real peer still gets in and carries a stream.
+    mesh.start("b");
+    mesh.wait_link_up("b", "a", LINK_UP).await;
+    common::client::echo_exact(
+        mesh.forward_addr("b", "a/echo"),
+        b"after the garbage\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("echo over tls after refused garbage");
+}
