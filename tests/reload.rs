@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use common::client::echo_exact;
 use common::mesh::{ForwardSpec, TestMesh};
+use common::metrics_text;
 use common::servers::EchoServer;
 
 const LINK_UP: Duration = Duration::from_secs(10);
@@ -28,20 +29,6 @@ fn meshctl(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// `GET /metrics` from a daemon's admin server.
-fn metrics_text(admin: SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin).expect("connect admin");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read metrics");
-    out
 }
 
 fn sighup(mesh: &mut TestMesh, name: &str) {

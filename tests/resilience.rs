@@ -14,6 +14,7 @@ use common::client::{echo_exact, expect_closed, expect_rejected};
 use common::data::XorShift;
 use common::mesh::TestMesh;
 use common::servers::EchoServer;
+use common::{metrics_text, sample};
 
 const LINK_UP: Duration = Duration::from_secs(10);
 const ECHO: Duration = Duration::from_secs(10);
@@ -209,4 +210,55 @@ async fn a_stream_cut_by_a_dead_link_reaches_the_client_as_a_reset() {
         ),
         Ok(n) => panic!("the client saw a clean read of {n} bytes instead of a reset"),
     }
+}
+
+/// A flood of connections from one source is refused at accept (counted, logged once),
+/// while the established link keeps serving and the real peer still gets back in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_from_one_source_is_rate_limited() {
+    let echo = EchoServer::start().await;
+    let mut mesh = echo_mesh(
+        &echo,
+        "[limits]\nhandshake_rate_per_source = 2\nhandshake_timeout_ms = 1000",
+    )
+    .await;
+    let a = mesh.mesh_addr("a");
+    // 40 connections at once from 127.0.0.1; the bucket holds at most 4 (burst = 2 × 2/s).
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(connect(a).await);
+    }
+    let admin = mesh.admin_addr("a");
+    common::wait_until(
+        Duration::from_secs(10),
+        "rate-limited connections counted",
+        || {
+            sample(
+                &metrics_text(admin),
+                "meshd_handshake_failures_total{reason=\"rate_limited\"}",
+            ) >= 30.0
+        },
+    );
+    drop(held);
+    let lines = mesh
+        .current_log("a")
+        .lines()
+        .filter(|l| l.contains("handshake rejected") && l.contains("rate_limited"))
+        .count();
+    assert_eq!(
+        lines,
+        1,
+        "one log line per source per 10 s:\n{}",
+        mesh.log("a")
+    );
+
+    echo_exact(mesh.forward_addr("b", "a/echo"), b"during the flood", ECHO)
+        .await
+        .expect("the established link is unaffected");
+    // b redials from the same address once tokens are back (2 per second).
+    mesh.restart("b").await;
+    mesh.wait_link_up("b", "a", LINK_UP).await;
+    echo_exact(mesh.forward_addr("b", "a/echo"), b"after the flood", ECHO)
+        .await
+        .expect("echo over the new link");
 }

@@ -23,34 +23,11 @@ use common::data::{send_random, XorShift};
 use common::mesh::TestMesh;
 use common::redis::{RedisServer, Resp};
 use common::servers::{CountingServer, EchoServer, SinkServer};
+use common::{metrics_text, sample};
 
 const LINK_UP: Duration = Duration::from_secs(10);
 const LOG: Duration = Duration::from_secs(10);
 const MIB: u64 = 1024 * 1024;
-
-/// `GET /metrics` from a daemon's admin server.
-fn metrics_text(admin: SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin).expect("connect admin");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read metrics");
-    out
-}
-
-/// The value of one sample line (`name{labels} value`), 0 when absent.
-fn sample(metrics: &str, line_start: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
 
 fn sighup(mesh: &mut TestMesh, name: &str) {
     let pid = mesh

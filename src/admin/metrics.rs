@@ -36,6 +36,7 @@ const HANDSHAKE_REASONS: &[&str] = &[
     "malformed",
     "timeout",
     "truncated",
+    "rate_limited",
     "cert_expired",
     "cert_not_yet_valid",
     "cert_unknown_issuer",

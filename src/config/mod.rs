@@ -151,6 +151,9 @@ pub struct Limits {
     /// Handshakes in progress at once on the mesh listener (`max_pending_handshakes`,
     /// default 128).
     pub max_pending_handshakes: usize,
+    /// New mesh connections per second accepted from one source address (IPv6: one /64),
+    /// in bursts of twice that (`handshake_rate_per_source`, default 20; 0 = no limit).
+    pub handshake_rate_per_source: u32,
 }
 
 impl Default for Limits {
@@ -162,6 +165,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(5),
             link_wait: Duration::from_secs(5),
             max_pending_handshakes: 128,
+            handshake_rate_per_source: 20,
         }
     }
 }

@@ -49,6 +49,8 @@ pub(super) struct RawLimits {
     pub link_wait_ms: Option<Spanned<i64>>,
     #[serde(default)]
     pub max_pending_handshakes: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub handshake_rate_per_source: Option<Spanned<i64>>,
 }
 
 /// `peers/NAME.toml`.

@@ -589,6 +589,13 @@ fn validate_limits(src: &Source, raw: RawLimits, diags: &mut Vec<Diagnostic>) ->
         65536,
         d.max_pending_handshakes as u64,
     );
+    let rate = get(
+        &raw.handshake_rate_per_source,
+        "handshake_rate_per_source",
+        0,
+        100_000,
+        u64::from(d.handshake_rate_per_source),
+    );
     // The ranges above are far inside u32/usize, so these conversions cannot truncate.
     Limits {
         stream_window: stream_window as u32,
@@ -597,6 +604,7 @@ fn validate_limits(src: &Source, raw: RawLimits, diags: &mut Vec<Diagnostic>) ->
         handshake_timeout: Duration::from_millis(handshake),
         link_wait: Duration::from_millis(link_wait),
         max_pending_handshakes: pending as usize,
+        handshake_rate_per_source: rate as u32,
     }
 }
 

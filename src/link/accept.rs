@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::dial::read_exact;
 use super::driver::{Direction, Driver, Exits, CMD_CAPACITY};
+use super::ratelimit::{SourceLimiter, Verdict};
 use super::transport::{self, Transport};
 use super::{LinkError, ReplayStore};
 use crate::admin::Metrics;
@@ -154,6 +155,8 @@ pub async fn serve_mesh(
     cancel: CancellationToken,
 ) {
     let pending = Arc::new(Semaphore::new(ctx.policy().limits.max_pending_handshakes));
+    let mut rate = ctx.policy().limits.handshake_rate_per_source;
+    let mut limiter = SourceLimiter::new(rate, std::time::Instant::now());
     loop {
         let (socket, remote) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -167,6 +170,26 @@ pub async fn serve_mesh(
                 }
             },
         };
+        // Before any handshake work: one source may not flood the listener.
+        let now_rate = ctx.policy().limits.handshake_rate_per_source;
+        if now_rate != rate {
+            rate = now_rate;
+            limiter = SourceLimiter::new(rate, std::time::Instant::now());
+        }
+        if let Verdict::Limit { log } = limiter.check(remote.ip(), std::time::Instant::now()) {
+            metrics.handshake_rejected(&LinkError::Handshake(HandshakeError::RateLimited));
+            if log {
+                tracing::warn!(
+                    %remote,
+                    reason = "rate_limited",
+                    limit_per_s = rate,
+                    "handshake rejected: {} (further refusals of this source are counted, not logged, for 10 s)",
+                    HandshakeError::RateLimited
+                );
+            }
+            drop(socket);
+            continue;
+        }
         let Ok(permit) = pending.clone().try_acquire_owned() else {
             metrics.handshake_rejected(&LinkError::Handshake(HandshakeError::Overloaded));
             tracing::warn!(%remote, reason = "overloaded", "handshake rejected: {}", HandshakeError::Overloaded);

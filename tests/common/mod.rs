@@ -66,3 +66,27 @@ pub async fn within<T>(timeout: Duration, what: &str, fut: impl Future<Output = 
         Err(_) => panic!("timed out after {timeout:?}: {what}"),
     }
 }
+
+/// `GET /metrics` from a daemon's admin server.
+pub fn metrics_text(admin: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).expect("connect admin");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read metrics");
+    out
+}
+
+/// The value of the sample line starting with `line_start` (`name{labels}`), 0 if absent.
+pub fn sample(metrics: &str, line_start: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}

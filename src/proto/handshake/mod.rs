@@ -77,9 +77,12 @@ pub enum HandshakeError {
     /// The connection closed before the handshake finished.
     #[error("connection closed during handshake")]
     Truncated,
-    /// Too many handshakes in progress (global cap or per-source limit).
+    /// Too many handshakes in progress (global cap).
     #[error("too many pending handshakes")]
     Overloaded,
+    /// Too many new connections from one source (per-source rate limit).
+    #[error("too many new connections from this source")]
+    RateLimited,
     /// The TLS handshake failed, or its certificate does not name the peer it claims.
     #[error("tls handshake with {peer:?} failed: {detail}")]
     Tls {
@@ -112,6 +115,7 @@ impl HandshakeError {
             HandshakeError::Timeout => "timeout",
             HandshakeError::Truncated => "truncated",
             HandshakeError::Overloaded => "overloaded",
+            HandshakeError::RateLimited => "rate_limited",
             HandshakeError::Tls { reason, .. } => reason,
             HandshakeError::Local(_) => "local",
         }
