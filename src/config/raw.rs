@@ -40,6 +40,10 @@ pub(super) struct RawLimits {
     #[serde(default)]
     pub stream_window: Option<Spanned<i64>>,
     #[serde(default)]
+    pub max_stream_window: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub max_link_window_growth: Option<Spanned<i64>>,
+    #[serde(default)]
     pub max_streams: Option<Spanned<i64>>,
     #[serde(default)]
     pub ping_interval_ms: Option<Spanned<i64>>,

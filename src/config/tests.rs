@@ -190,6 +190,29 @@ fn limits_are_read_and_range_checked() {
         find(&diags, "peers/mesh.toml", "limits.max_streams").line,
         Some(4)
     );
+
+    // Window growth: defaults, an explicit value, and a maximum below the start.
+    f.write("peers/mesh.toml", "mesh_id = \"example\"\n");
+    let l = f.manifest().expect("valid").mesh.limits;
+    assert_eq!(
+        (l.max_stream_window, l.max_link_window_growth),
+        (2 << 20, 4 << 20)
+    );
+    f.write(
+        "peers/mesh.toml",
+        "mesh_id = \"example\"\n[limits]\nstream_window = 1048576\nmax_link_window_growth = 0\n",
+    );
+    let l = f.manifest().expect("valid").mesh.limits;
+    assert_eq!(l.max_stream_window, 2 << 20);
+    assert_eq!(l.max_link_window_growth, 0);
+    f.write(
+        "peers/mesh.toml",
+        "mesh_id = \"example\"\n[limits]\nstream_window = 1048576\nmax_stream_window = 65536\n",
+    );
+    let diags = errors(f.manifest());
+    let d = find(&diags, "peers/mesh.toml", "limits.max_stream_window");
+    assert_eq!(d.line, Some(4));
+    assert!(d.message.contains("below stream_window"), "{d}");
 }
 
 #[test]

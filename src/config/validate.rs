@@ -554,6 +554,21 @@ fn validate_limits(src: &Source, raw: RawLimits, diags: &mut Vec<Diagnostic>) ->
         16 * 1024 * 1024,
         u64::from(d.stream_window),
     );
+    let max_window_default = u64::from(d.max_stream_window).max(stream_window);
+    let max_window = get(
+        &raw.max_stream_window,
+        "max_stream_window",
+        16 * 1024,
+        64 * 1024 * 1024,
+        max_window_default,
+    );
+    let growth = get(
+        &raw.max_link_window_growth,
+        "max_link_window_growth",
+        0,
+        1 << 30,
+        u64::from(d.max_link_window_growth),
+    );
     let max_streams = get(
         &raw.max_streams,
         "max_streams",
@@ -596,9 +611,23 @@ fn validate_limits(src: &Source, raw: RawLimits, diags: &mut Vec<Diagnostic>) ->
         100_000,
         u64::from(d.handshake_rate_per_source),
     );
+    if let Some(v) = &raw.max_stream_window {
+        if max_window < stream_window {
+            diags.push(src.at(
+                v,
+                "limits.max_stream_window",
+                format!(
+                    "{max_window} is below stream_window ({stream_window}): a window cannot \
+                     grow below where it starts; set it to at least stream_window"
+                ),
+            ));
+        }
+    }
     // The ranges above are far inside u32/usize, so these conversions cannot truncate.
     Limits {
         stream_window: stream_window as u32,
+        max_stream_window: max_window.max(stream_window) as u32,
+        max_link_window_growth: growth as u32,
         max_streams: max_streams as usize,
         ping_interval: Duration::from_millis(ping),
         handshake_timeout: Duration::from_millis(handshake),

@@ -69,6 +69,8 @@ pub trait Exits: Send + Sync + 'static {
 pub(crate) fn mux_config(limits: &Limits) -> MuxConfig {
     MuxConfig {
         window: limits.stream_window,
+        max_window: limits.max_stream_window,
+        window_budget: u64::from(limits.max_link_window_growth),
         max_streams: limits.max_streams,
         max_record: MAX_RECORD_PLAINTEXT,
         ping_interval: limits.ping_interval,
@@ -441,7 +443,7 @@ impl Driver {
                 self.streams.remove(&stream);
                 self.mux.reset(stream, code);
             }
-            Cmd::Consumed { stream, n } => self.mux.consumed(stream, n),
+            Cmd::Consumed { stream, n } => self.mux.consumed_at(stream, n, Instant::now()),
         }
     }
 }

@@ -21,12 +21,23 @@ pub const MIN_RECORD: usize = HEADER_LEN + MAX_SERVICE_LEN;
 
 /// Credit may never exceed this; more is a peer bug (and would overflow a `u32` WINDOW).
 const MAX_CREDIT: u64 = 1 << 31;
+/// Before the first RTT sample, half a window consumed within this long counts as fast.
+const GROW_WITHIN_UNMEASURED: Duration = Duration::from_millis(20);
+/// The "two round trips" of window growth never counts as less than this, so timer and
+/// scheduling noise on a fast local link does not decide it.
+const GROW_WITHIN_MIN: Duration = Duration::from_millis(1);
 
 /// Multiplexer limits and timers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MuxConfig {
     /// Initial credit of each stream in each direction, and the receive window we restore.
     pub window: u32,
+    /// Largest receive window a stream may grow to (see [`Mux::consumed_at`]); at or below
+    /// `window`, windows never grow.
+    pub max_window: u32,
+    /// Growth beyond `window` of all streams of the link together, in bytes: the link's
+    /// in-flight budget, shared by the streams that need it.
+    pub window_budget: u64,
     /// Streams a link carries at once; further OPENs are refused with `TooManyStreams`.
     pub max_streams: usize,
     /// Maximum plaintext bytes per record (65535 - 16 = 65519 in production).
@@ -41,6 +52,8 @@ impl Default for MuxConfig {
     fn default() -> Self {
         MuxConfig {
             window: 256 * 1024,
+            max_window: 256 * 1024,
+            window_budget: 0,
             max_streams: 1024,
             max_record: 65535 - 16,
             ping_interval: Duration::from_secs(15),
@@ -220,6 +233,11 @@ struct Stream {
     recv_received: u64,
     /// Total bytes the local side reported consumed.
     recv_consumed: u64,
+    /// The receive window restored after consumption; starts at `cfg.window` and grows
+    /// (up to `cfg.max_window`) while the window, not the consumer, limits the stream.
+    recv_window: u64,
+    /// When credit was last granted (or the first data arrived).
+    last_grant: Option<Instant>,
     fin_received: bool,
 }
 
@@ -236,6 +254,8 @@ impl Stream {
             recv_granted: u64::from(window),
             recv_received: 0,
             recv_consumed: 0,
+            recv_window: u64::from(window),
+            last_grant: None,
             fin_received: false,
         }
     }
@@ -297,6 +317,10 @@ pub struct Mux {
     ping_counter: u64,
     next_ping: Instant,
     last_pong: Instant,
+    /// Smoothed round-trip time from PONGs (7/8 old + 1/8 new), once measured.
+    srtt: Option<Duration>,
+    /// Sum over streams of `recv_window - cfg.window`, bounded by `cfg.window_budget`.
+    grown: u64,
     go_away_sent: bool,
     go_away_received: bool,
 }
@@ -325,6 +349,8 @@ impl Mux {
             ping_counter: 0,
             next_ping,
             last_pong: now,
+            srtt: None,
+            grown: 0,
             go_away_sent: false,
             go_away_received: false,
         }
@@ -442,9 +468,30 @@ impl Mux {
     }
 
     /// The local side delivered `n` more received bytes of `stream`; grants the peer new
-    /// credit once at least half a window is owed (fewer, larger WINDOW frames).
+    /// credit once at least half a window is owed (fewer, larger WINDOW frames). The window
+    /// never grows this way; see [`Mux::consumed_at`].
     pub fn consumed(&mut self, stream: StreamId, n: usize) {
-        let window = u64::from(self.cfg.window);
+        self.grant(stream, n, None);
+    }
+
+    /// As [`Mux::consumed`], at `now`, with receive-window auto-tuning: when half a window
+    /// was consumed within two round trips of the previous grant, the window (not the local
+    /// reader) is what limits the stream, so it doubles, up to `cfg.max_window`. A stream
+    /// across a 10 ms link thus grows past its bandwidth-delay product instead of being
+    /// capped at `window` / RTT, and a fast stream needs fewer WINDOW frames. Memory per
+    /// stream stays bounded by `max_window`.
+    pub fn consumed_at(&mut self, stream: StreamId, n: usize, now: Instant) {
+        self.grant(stream, n, Some(now));
+    }
+
+    fn grant(&mut self, stream: StreamId, n: usize, now: Option<Instant>) {
+        let base = u64::from(self.cfg.window);
+        let max_window = u64::from(self.cfg.max_window).max(base);
+        let budget = self.cfg.window_budget;
+        let grow_within = self
+            .srtt
+            .map_or(GROW_WITHIN_UNMEASURED, |rtt| (rtt * 2).max(GROW_WITHIN_MIN));
+        let grown = &mut self.grown;
         let Some(s) = self.streams.get_mut(&stream) else {
             return;
         };
@@ -453,15 +500,39 @@ impl Mux {
             return; // the peer sends no more, credit would be wasted
         }
         // Restore the peer's credit to a full window beyond what was consumed. Never more
-        // than `window`, since consumed <= received <= granted.
-        let owed = s.recv_consumed + window - s.recv_granted;
-        if owed > 0 && owed >= window / 2 {
-            s.recv_granted += owed;
-            self.control.push_back(Control::Window {
-                stream,
-                credit: owed as u32,
-            });
+        // than `recv_window`, since consumed <= received <= granted.
+        let owed = s.recv_consumed + s.recv_window - s.recv_granted;
+        if owed == 0 || owed < s.recv_window / 2 {
+            return;
         }
+        if let Some(now) = now {
+            let fast = s
+                .last_grant
+                .is_some_and(|t| now.saturating_duration_since(t) < grow_within);
+            if fast && s.recv_window < max_window {
+                // The window limits the stream: double it, within the link's budget.
+                let target = (s.recv_window * 2).min(max_window);
+                let extra = (target - s.recv_window).min(budget.saturating_sub(*grown));
+                s.recv_window += extra;
+                *grown += extra;
+            } else if !fast && s.recv_window > base {
+                // The reader limits it now: give half the growth back to the link.
+                let target = (s.recv_window / 2).max(base);
+                *grown -= s.recv_window - target;
+                s.recv_window = target;
+            }
+            s.last_grant = Some(now);
+        }
+        // A shrunk window may owe nothing yet; credit already granted is never taken back.
+        let owed = (s.recv_consumed + s.recv_window).saturating_sub(s.recv_granted);
+        if owed == 0 {
+            return;
+        }
+        s.recv_granted += owed;
+        self.control.push_back(Control::Window {
+            stream,
+            credit: owed as u32,
+        });
     }
 
     /// Queues GOAWAY; `open` fails from now on and incoming OPENs are refused.
@@ -563,6 +634,9 @@ impl Mux {
                     });
                 }
                 s.recv_received += data.len() as u64;
+                if s.last_grant.is_none() {
+                    s.last_grant = Some(now);
+                }
                 self.events.push_back(Event::Data {
                     stream,
                     data: record.slice_ref(data),
@@ -608,8 +682,12 @@ impl Mux {
                 if let Some((sent_nonce, sent_at)) = self.ping_in_flight {
                     if sent_nonce == nonce {
                         self.ping_in_flight = None;
-                        self.events
-                            .push_back(Event::Rtt(now.saturating_duration_since(sent_at)));
+                        let rtt = now.saturating_duration_since(sent_at);
+                        self.srtt = Some(match self.srtt {
+                            Some(old) => (old * 7 + rtt) / 8,
+                            None => rtt,
+                        });
+                        self.events.push_back(Event::Rtt(rtt));
                     }
                 }
             }
@@ -625,6 +703,7 @@ impl Mux {
     fn remove_stream(&mut self, stream: StreamId) -> bool {
         match self.streams.remove(&stream) {
             Some(s) => {
+                self.grown -= s.recv_window - u64::from(self.cfg.window);
                 if s.in_ready {
                     self.ready.retain(|&id| id != stream);
                 }
@@ -711,7 +790,9 @@ impl Mux {
             } else {
                 s.in_ready = false;
                 if s.fin_sent && s.fin_received {
-                    self.streams.remove(&id);
+                    if let Some(s) = self.streams.remove(&id) {
+                        self.grown -= s.recv_window - u64::from(self.cfg.window);
+                    }
                     self.events.push_back(Event::Closed { stream: id });
                 }
             }
@@ -791,6 +872,8 @@ mod tests {
     fn cfg() -> MuxConfig {
         MuxConfig {
             window: 64 * 1024,
+            max_window: 0,
+            window_budget: 0,
             max_streams: 16,
             max_record: 65535 - 16,
             ping_interval: 10 * SEC,
@@ -995,6 +1078,8 @@ mod tests {
     fn ten_mib_through_one_stream() {
         let mut p = Pair::new(MuxConfig {
             window: 256 * 1024,
+            max_window: 0,
+            window_budget: 0,
             ..cfg()
         });
         let s = p.d.open("bulk").unwrap();
@@ -1009,10 +1094,141 @@ mod tests {
         transfer_all(&mut p, false, s, &back);
     }
 
+    /// Sends `len` bytes dialer → acceptor on `stream`, the receiver consuming each chunk
+    /// at `p.now` (advanced by `step` per round); returns the largest credit the sender
+    /// ever held.
+    fn stream_at(p: &mut Pair, stream: StreamId, len: usize, step: Duration) -> u64 {
+        let payload = pattern(len, 3);
+        let (mut sent, mut got, mut max_credit) = (0, 0, 0u64);
+        let mut rounds = 0;
+        while got < len {
+            rounds += 1;
+            assert!(rounds < 100_000, "no progress");
+            max_credit = max_credit.max(p.d.send_credit(stream));
+            let n = (p.d.send_credit(stream) as usize).min(len - sent);
+            if n > 0 {
+                p.d.send(stream, payload.slice(sent..sent + n)).unwrap();
+                sent += n;
+            }
+            p.pump();
+            // The reader takes `step` to deliver what arrived.
+            let now = p.now + step;
+            for e in events(&mut p.a) {
+                if let Event::Data { data, .. } = e {
+                    got += data.len();
+                    p.a.consumed_at(stream, data.len(), now);
+                }
+            }
+            p.pump();
+            events(&mut p.d);
+            p.now += step;
+        }
+        max_credit
+    }
+
+    #[test]
+    fn receive_window_grows_when_it_limits_the_stream_up_to_max_window() {
+        let mut p = Pair::new(MuxConfig {
+            window: 16 * 1024,
+            max_window: 256 * 1024,
+            window_budget: 1 << 20,
+            ..cfg()
+        });
+        let s = p.d.open("bulk").unwrap();
+        p.pump();
+        p.a.accept(s);
+        p.pump();
+        events(&mut p.a);
+        events(&mut p.d);
+        // Consumed as fast as it arrives (no time passes, no RTT measured yet): the window
+        // doubles at each grant until max_window, and never beyond.
+        let max_credit = stream_at(&mut p, s, 8 << 20, Duration::ZERO);
+        assert_eq!(p.a.streams[&s].recv_window, 256 * 1024);
+        assert!(
+            max_credit > 128 * 1024 && max_credit <= 256 * 1024,
+            "sender credit peaked at {max_credit}"
+        );
+    }
+
+    #[test]
+    fn window_growth_is_bounded_per_link_and_given_back_by_slow_streams() {
+        let mut p = Pair::new(MuxConfig {
+            window: 16 * 1024,
+            max_window: 256 * 1024,
+            window_budget: 64 * 1024,
+            ..cfg()
+        });
+        let a = p.d.open("first").unwrap();
+        let b = p.d.open("second").unwrap();
+        p.pump();
+        p.a.accept(a);
+        p.a.accept(b);
+        p.pump();
+        events(&mut p.a);
+        events(&mut p.d);
+        stream_at(&mut p, a, 4 << 20, Duration::ZERO);
+        stream_at(&mut p, b, 4 << 20, Duration::ZERO);
+        let (wa, wb) = (p.a.streams[&a].recv_window, p.a.streams[&b].recv_window);
+        assert_eq!(p.a.grown, 64 * 1024);
+        assert_eq!(wa + wb, 2 * 16 * 1024 + 64 * 1024, "windows {wa} + {wb}");
+        assert_eq!(
+            wa,
+            16 * 1024 + 64 * 1024,
+            "the first stream took the budget"
+        );
+        // The first stream's reader slows down: it gives its growth back...
+        stream_at(&mut p, a, 2 << 20, Duration::from_millis(25));
+        assert_eq!(p.a.streams[&a].recv_window, 16 * 1024);
+        // ...and the second stream can grow into it.
+        stream_at(&mut p, b, 4 << 20, Duration::ZERO);
+        assert_eq!(p.a.streams[&b].recv_window, 16 * 1024 + 64 * 1024);
+        // Closing a grown stream returns its growth.
+        p.a.reset(b, ResetCode::Cancelled);
+        assert_eq!(p.a.grown, 0);
+    }
+
+    #[test]
+    fn receive_window_stays_when_the_reader_is_the_limit() {
+        let mut p = Pair::new(MuxConfig {
+            window: 16 * 1024,
+            max_window: 256 * 1024,
+            window_budget: 1 << 20,
+            ..cfg()
+        });
+        let s = p.d.open("slow-reader").unwrap();
+        p.pump();
+        p.a.accept(s);
+        p.pump();
+        events(&mut p.a);
+        events(&mut p.d);
+        // Each half window takes longer than the 20 ms "fast" bound: no growth.
+        let max_credit = stream_at(&mut p, s, 1 << 20, Duration::from_millis(25));
+        assert_eq!(max_credit, 16 * 1024);
+        assert_eq!(p.a.streams[&s].recv_window, 16 * 1024);
+        // The plain `consumed` (no clock) never grows a window either.
+        let mut q = Pair::new(MuxConfig {
+            window: 16 * 1024,
+            max_window: 256 * 1024,
+            window_budget: 1 << 20,
+            ..cfg()
+        });
+        let s = q.d.open("untimed").unwrap();
+        q.pump();
+        q.a.accept(s);
+        q.pump();
+        events(&mut q.a);
+        events(&mut q.d);
+        let payload = pattern(1 << 20, 5);
+        transfer_all(&mut q, true, s, &payload);
+        assert_eq!(q.a.streams[&s].recv_window, 16 * 1024);
+    }
+
     #[test]
     fn credit_blocks_sender_but_not_other_streams() {
         let mut p = Pair::new(MuxConfig {
             window: 4096,
+            max_window: 0,
+            window_budget: 0,
             ..cfg()
         });
         let slow = p.d.open("slow").unwrap();
@@ -1071,6 +1287,8 @@ mod tests {
     fn peer_sending_beyond_credit_is_fatal() {
         let c = MuxConfig {
             window: 1000,
+            max_window: 0,
+            window_budget: 0,
             ..cfg()
         };
         let now = Instant::now();
@@ -1559,6 +1777,8 @@ mod tests {
         for &max_record in &sizes {
             let c = MuxConfig {
                 window: 8192,
+                max_window: 0,
+                window_budget: 0,
                 max_record,
                 ..cfg()
             };
