@@ -196,7 +196,7 @@ fn limits_are_read_and_range_checked() {
     let l = f.manifest().expect("valid").mesh.limits;
     assert_eq!(
         (l.max_stream_window, l.max_link_window_growth),
-        (2 << 20, 4 << 20)
+        (2 << 20, 1 << 20)
     );
     f.write(
         "peers/mesh.toml",
