@@ -3,12 +3,13 @@
 //! open, link lost, local error) resets the local socket, so a client never mistakes a cut
 //! stream for a complete one.
 
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use std::cell::RefCell;
-
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
@@ -57,7 +58,7 @@ pub async fn splice(
         credit,
         cmds,
     } = handle;
-    let (rd, mut wr) = socket.into_split();
+    let (mut rd, mut wr) = socket.into_split();
     let mut sent = 0u64;
     let mut received = 0u64;
 
@@ -70,16 +71,9 @@ pub async fn splice(
                 .map_err(|_| Abort::Remote("link lost".into()))?;
             first.forget();
             let room = (credit.available_permits() + 1).min(CHUNK);
-            let data = loop {
-                if let Err(e) = rd.readable().await {
-                    return Err(Abort::Local(format!("local read: {e}")));
-                }
-                match read_chunk(&rd, room) {
-                    Ok(data) => break data,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(Abort::Local(format!("local read: {e}"))),
-                }
-            };
+            let data = std::future::poll_fn(|cx| poll_read_chunk(&mut rd, cx, room))
+                .await
+                .map_err(|e| Abort::Local(format!("local read: {e}")))?;
             let n = data.len();
             if n == 0 {
                 credit.add_permits(1);
@@ -168,13 +162,21 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0u8; CHUNK]);
 }
 
-/// Reads at most `room` bytes that are ready on `rd` into a new buffer of exactly the
-/// size read. `Ok` of an empty buffer is end of stream.
-fn read_chunk(rd: &OwnedReadHalf, room: usize) -> std::io::Result<Bytes> {
+/// Reads at most `room` bytes from `rd` into a new buffer of exactly the size read. `Ok`
+/// of an empty buffer is end of stream. Goes through `AsyncRead::poll_read`, not
+/// `try_read`: on a short read tokio then knows the socket is drained (edge-triggered
+/// epoll) and the next read waits for readiness instead of costing a `recvfrom` that
+/// returns EAGAIN — one system call less per request on each daemon.
+fn poll_read_chunk(
+    rd: &mut OwnedReadHalf,
+    cx: &mut Context<'_>,
+    room: usize,
+) -> Poll<std::io::Result<Bytes>> {
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
-        let n = rd.try_read(&mut scratch[..room])?;
-        Ok(Bytes::copy_from_slice(&scratch[..n]))
+        let mut buf = ReadBuf::new(&mut scratch[..room]);
+        ready!(Pin::new(rd).poll_read(cx, &mut buf))?;
+        Poll::Ready(Ok(Bytes::copy_from_slice(buf.filled())))
     })
 }
 
