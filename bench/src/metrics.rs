@@ -37,7 +37,13 @@ impl Phase {
     pub fn metrics(self) -> &'static [Metric] {
         match self {
             Phase::Iperf => &[Metric::IperfP1, Metric::IperfP4],
-            Phase::Redis => &[Metric::RedisP50, Metric::RedisP99, Metric::RedisRps],
+            Phase::Redis => &[
+                Metric::RedisP50,
+                Metric::RedisP99,
+                Metric::RedisRttP50,
+                Metric::RedisRttP99,
+                Metric::RedisRps,
+            ],
             Phase::Conn => &[Metric::ConnRate, Metric::ConnTtfbP50, Metric::ConnTtfbP99],
             Phase::Mem => &[Metric::MemPerConn, Metric::MemIdle, Metric::MemAfter],
             Phase::Cpu => &[Metric::CpuBytes],
@@ -85,6 +91,8 @@ pub enum Metric {
     IperfP4,
     RedisP50,
     RedisP99,
+    RedisRttP50,
+    RedisRttP99,
     RedisRps,
     ConnRate,
     ConnTtfbP50,
@@ -97,11 +105,13 @@ pub enum Metric {
 
 impl Metric {
     #[cfg(test)]
-    pub const ALL: [Metric; 12] = [
+    pub const ALL: [Metric; 14] = [
         Metric::IperfP1,
         Metric::IperfP4,
         Metric::RedisP50,
         Metric::RedisP99,
+        Metric::RedisRttP50,
+        Metric::RedisRttP99,
         Metric::RedisRps,
         Metric::ConnRate,
         Metric::ConnTtfbP50,
@@ -119,6 +129,8 @@ impl Metric {
             Metric::IperfP4 => "iperf_p4_gbit_s",
             Metric::RedisP50 => "redis_c1_get_p50_ms",
             Metric::RedisP99 => "redis_c1_get_p99_ms",
+            Metric::RedisRttP50 => "redis_c1_rtt_p50_us",
+            Metric::RedisRttP99 => "redis_c1_rtt_p99_us",
             Metric::RedisRps => "redis_c50_get_rps",
             Metric::ConnRate => "conn_per_s",
             Metric::ConnTtfbP50 => "conn_ttfb_p50_ms",
@@ -137,6 +149,8 @@ impl Metric {
             Metric::IperfP4 => "iperf -P 4 (Gbit/s)",
             Metric::RedisP50 => "redis GET -c 1 p50 (ms)",
             Metric::RedisP99 => "redis GET -c 1 p99 (ms)",
+            Metric::RedisRttP50 => "redis GET 1 client p50, fine timer (µs)",
+            Metric::RedisRttP99 => "redis GET 1 client p99, fine timer (µs)",
             Metric::RedisRps => "redis GET -c 50 (req/s)",
             Metric::ConnRate => "conn new connections (conn/s)",
             Metric::ConnTtfbP50 => "conn time to first byte p50 (ms)",
