@@ -388,6 +388,15 @@ async fn a_peer_off_the_allow_list_is_refused_over_tls() {
     .await;
     mesh.wait_for_log_line("a", &["open refused", "reason=\"acl\""], LOG)
         .await;
+    let m = metrics_text(mesh.admin_addr("a"));
+    assert_eq!(
+        sample(
+            &m,
+            "meshd_streams_total{peer=\"b\",service=\"svc\",result=\"refused\"}"
+        ),
+        1.0,
+        "the refused open is counted:\n{m}"
+    );
     assert_eq!((target.connections(), target.bytes()), (0, 0));
 }
 
