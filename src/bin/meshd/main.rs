@@ -9,6 +9,7 @@ use meshd::daemon::Daemon;
 use tokio_util::sync::CancellationToken;
 
 mod demo;
+mod malloc;
 
 /// Exit code for unusable configuration or arguments (EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -89,6 +90,7 @@ fn init_logging(format: LogFormat, default_level: &str) {
 }
 
 fn main() -> ExitCode {
+    let malloc = malloc::tune();
     let args = Args::parse();
     // The demo prints its own story on stdout; its daemons only log problems.
     let level = if args.command.is_some() {
@@ -97,6 +99,15 @@ fn main() -> ExitCode {
         "info"
     };
     init_logging(args.log_format, level);
+    match malloc {
+        malloc::Tuning::Refused => {
+            tracing::warn!("glibc refused the malloc thresholds; its defaults stay")
+        }
+        malloc::Tuning::LeftToOperator => {
+            tracing::info!("malloc tuning left to GLIBC_TUNABLES")
+        }
+        malloc::Tuning::Set | malloc::Tuning::NotGlibc => {}
+    }
     let mut builder = if args.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
