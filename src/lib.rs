@@ -15,10 +15,13 @@
 //! - `admin` counts the link, stream and bytes along the way and serves them as
 //!   `/metrics`, `/healthz` and `/status`;
 //! - `tls` loads the certificates of `auth = "tls"` links (rustls, ring provider);
+//! - `busy_poll` keeps the runtime thread awake for a moment after small messages, so a
+//!   reply finds it polling instead of asleep;
 //! - `daemon` wires these together and drains them on shutdown.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod busy_poll;
 pub mod config;
 pub mod daemon;
 pub mod forward;

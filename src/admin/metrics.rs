@@ -179,6 +179,7 @@ pub struct Metrics {
     config_info: Family<HashLabels, Gauge>,
     config_hash: Mutex<String>,
     tls_cert_expiry: Gauge,
+    busy_poll: Counter<f64, std::sync::atomic::AtomicU64>,
     links: Mutex<BTreeMap<(PeerName, &'static str), Arc<LinkEntry>>>,
 }
 
@@ -252,6 +253,13 @@ impl Metrics {
             "notAfter of this host's TLS certificate, as a Unix time (absent without tls)",
             tls_cert_expiry.clone(),
         );
+        let busy_poll = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "meshd_busy_poll_seconds",
+            "Time the runtime thread spent polling for the next event instead of sleeping \
+             (busy_poll_us)",
+            busy_poll.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "meshd_build_info",
@@ -289,6 +297,7 @@ impl Metrics {
             config_info,
             config_hash: Mutex::new(config_hash.to_owned()),
             tls_cert_expiry,
+            busy_poll,
             links: Mutex::new(BTreeMap::new()),
         }
     }
@@ -326,6 +335,12 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        // The poller counts process-wide; bring the counter up to its total.
+        let polled = crate::busy_poll::polled_seconds();
+        let counted = self.busy_poll.get();
+        if polled > counted {
+            self.busy_poll.inc_by(polled - counted);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

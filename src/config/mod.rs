@@ -275,6 +275,9 @@ pub struct HostConfig {
     pub state_dir: PathBuf,
     /// Certificate, key and CA files for `tls` links (`cert`, `cert_key`, `ca`).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Longest adaptive poll before the runtime sleeps (`busy_poll_us`; 0 = never poll).
+    /// See [`crate::busy_poll`].
+    pub busy_poll: Duration,
 }
 
 /// Everything a daemon needs, loaded and validated before any port is bound.

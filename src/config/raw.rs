@@ -109,4 +109,6 @@ pub(super) struct RawHost {
     pub cert_key: Option<Spanned<String>>,
     #[serde(default)]
     pub ca: Option<Spanned<String>>,
+    #[serde(default)]
+    pub busy_poll_us: Option<Spanned<i64>>,
 }

@@ -631,6 +631,31 @@ fn host_config_field_errors() {
 }
 
 #[test]
+fn busy_poll_us_defaults_and_range() {
+    let f = Fixture::new();
+    let path = host_fixture(&f, "");
+    let c = load_config(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.host.busy_poll, Duration::from_micros(100));
+    let path = host_fixture(&f, "busy_poll_us = 0\n");
+    let c = load_config(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.host.busy_poll, Duration::ZERO);
+    let path = host_fixture(&f, "busy_poll_us = 250\n");
+    let c = load_config(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.host.busy_poll, Duration::from_micros(250));
+    for bad in ["-1", "10001"] {
+        let path = host_fixture(&f, &format!("busy_poll_us = {bad}\n"));
+        let e = load_config(&path).expect_err("out of range");
+        let d = find(e.diagnostics(), "meshd.toml", "busy_poll_us");
+        assert_eq!(d.line, Some(4), "{}", show(e.diagnostics()));
+        assert!(
+            d.message.contains("use 0 (never poll) to 10000"),
+            "{}",
+            d.message
+        );
+    }
+}
+
+#[test]
 fn group_readable_key_is_refused_with_chmod_hint() {
     let f = Fixture::new();
     let path = host_fixture(&f, "");

@@ -29,6 +29,11 @@ const MESH_FILE: &str = "mesh.toml";
 const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
 /// State directory when the host config sets none.
 const DEFAULT_STATE_DIR: &str = "/var/lib/meshd";
+/// Default `busy_poll_us`: long enough to cover a request's round trip through a local
+/// service on a virtual machine, short enough that a WAN round trip shrinks it to nothing.
+pub const DEFAULT_BUSY_POLL_US: u64 = 100;
+/// Largest `busy_poll_us`: polling longer than this is sleeping with extra steps.
+const MAX_BUSY_POLL_US: i64 = 10_000;
 /// Mesh port when neither the host config nor the peer's endpoints give one.
 const DEFAULT_MESH_PORT: u16 = 7443;
 
@@ -1069,6 +1074,21 @@ fn parse_host(path: &Path) -> Result<(HostConfig, HostLines), Vec<Diagnostic>> {
     };
     let listen = addr(&raw.listen, "listen");
     let admin = addr(&raw.admin, "admin").unwrap_or(DEFAULT_ADMIN);
+    let busy_poll_us = match &raw.busy_poll_us {
+        None => DEFAULT_BUSY_POLL_US,
+        Some(v) if (0..=MAX_BUSY_POLL_US).contains(v.get_ref()) => *v.get_ref() as u64,
+        Some(v) => {
+            diags.push(src.at(
+                v,
+                "busy_poll_us",
+                format!(
+                    "{} is out of range: use 0 (never poll) to {MAX_BUSY_POLL_US}",
+                    v.get_ref()
+                ),
+            ));
+            DEFAULT_BUSY_POLL_US
+        }
+    };
 
     let Some(name) = name else {
         return Err(diags);
@@ -1094,6 +1114,7 @@ fn parse_host(path: &Path) -> Result<(HostConfig, HostLines), Vec<Diagnostic>> {
         mesh_secret,
         state_dir,
         tls,
+        busy_poll: Duration::from_micros(busy_poll_us),
     };
     Ok((host, lines))
 }

@@ -213,7 +213,8 @@ impl Driver {
                 }
                 r = rd.read_buf(&mut self.rbuf) => match r {
                     Ok(0) => return LinkError::Closed,
-                    Ok(_) => {
+                    Ok(n) => {
+                        crate::busy_poll::note(n);
                         if let Err(e) = self.on_readable() {
                             return e;
                         }
@@ -234,13 +235,14 @@ impl Driver {
                 cmd = cmds.recv() => {
                     // The driver holds a sender itself, so the channel never ends here.
                     if let Some(cmd) = cmd {
-                        self.on_cmd(cmd);
+                        let mut bytes = self.on_cmd(cmd);
                         for _ in 0..CMD_BATCH {
                             match cmds.try_recv() {
-                                Ok(cmd) => self.on_cmd(cmd),
+                                Ok(cmd) => bytes += self.on_cmd(cmd),
                                 Err(_) => break,
                             }
                         }
+                        crate::busy_poll::note(bytes);
                     }
                 }
                 _ = timer => {
@@ -411,7 +413,12 @@ impl Driver {
         }
     }
 
-    fn on_cmd(&mut self, cmd: Cmd) {
+    /// Handles one command from a stream task; returns the stream bytes it carried.
+    fn on_cmd(&mut self, cmd: Cmd) -> usize {
+        let bytes = match &cmd {
+            Cmd::Data { data, .. } => data.len(),
+            _ => 0,
+        };
         match cmd {
             Cmd::Open { service, reply } => match self.mux.open(service.as_str()) {
                 Ok(id) => {
@@ -445,6 +452,7 @@ impl Driver {
             }
             Cmd::Consumed { stream, n } => self.mux.consumed_at(stream, n, Instant::now()),
         }
+        bytes
     }
 }
 

@@ -168,6 +168,8 @@ async fn localize(mut manifest: Manifest, dir: &Path, ports: &mut Ports) -> Resu
                 mesh_secret: None,
                 state_dir,
                 tls: tls_files,
+                // The demo's daemons share one process and one story; none polls.
+                busy_poll: std::time::Duration::ZERO,
             },
             manifest: manifest.clone(),
             private_key,

@@ -128,11 +128,21 @@ fn main() -> ExitCode {
             keep,
             auth,
         }) => runtime.block_on(demo::run(manifest, keep, auth)),
-        None => runtime.block_on(run_daemon(args.config)),
+        None => runtime.block_on(run_daemon(args.config, args.threads == 1)),
     }
 }
 
-async fn run_daemon(path: PathBuf) -> ExitCode {
+/// Applies `busy_poll_us`. Polling needs the links and the poller on one thread, so
+/// with `--threads` above 1 it stays off.
+fn set_busy_poll(max: std::time::Duration, single_thread: bool) {
+    if single_thread {
+        meshd::busy_poll::configure(max);
+    } else if !max.is_zero() {
+        tracing::info!("busy_poll_us is ignored with --threads above 1");
+    }
+}
+
+async fn run_daemon(path: PathBuf, single_thread: bool) -> ExitCode {
     // Validate everything before binding anything.
     let cfg = match meshd::config::load_config(&path) {
         Ok(cfg) => cfg,
@@ -141,6 +151,10 @@ async fn run_daemon(path: PathBuf) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    set_busy_poll(cfg.host.busy_poll, single_thread);
+    if single_thread {
+        tokio::spawn(meshd::busy_poll::run());
+    }
     let mut daemon = match Daemon::start(cfg, CancellationToken::new()).await {
         Ok(d) => d,
         Err(e) => {
@@ -168,7 +182,7 @@ async fn run_daemon(path: PathBuf) -> ExitCode {
             Some(reply) = next_request(&mut requests) => Some(reply),
         };
         notify_systemd("RELOADING=1");
-        let result = reload(&mut daemon, &path).await;
+        let result = reload(&mut daemon, &path, single_thread).await;
         if let Some(reply) = reply {
             let _ = reply.send(result);
         }
@@ -183,9 +197,20 @@ async fn run_daemon(path: PathBuf) -> ExitCode {
 
 /// Re-reads and validates everything, then applies the difference. An invalid config
 /// changes nothing: the old one keeps running and the error is logged.
-async fn reload(daemon: &mut Daemon, path: &std::path::Path) -> Result<String, String> {
+async fn reload(
+    daemon: &mut Daemon,
+    path: &std::path::Path,
+    single_thread: bool,
+) -> Result<String, String> {
     let result = match meshd::config::load_config(path) {
-        Ok(cfg) => daemon.reload(cfg).await.map_err(|e| e.to_string()),
+        Ok(cfg) => {
+            let busy_poll = cfg.host.busy_poll;
+            let applied = daemon.reload(cfg).await.map_err(|e| e.to_string());
+            if applied.is_ok() {
+                set_busy_poll(busy_poll, single_thread);
+            }
+            applied
+        }
         Err(e) => {
             daemon.reload_rejected();
             // One log line, so the reason travels with the event in journald and greps.
