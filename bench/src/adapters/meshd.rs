@@ -110,6 +110,9 @@ pub fn start(target: SocketAddr, auth: Auth) -> Result<Tunnel> {
             quote(&procs::local(procs::free_port()?).to_string()),
             path_str(&host.join("state"))?,
         );
+        if let Ok(us) = std::env::var("MESHBENCH_BUSY_POLL_US") {
+            host_conf.push_str(&format!("busy_poll_us = {us}\n"));
+        }
         if let Some(secret) = &secret {
             host_conf.push_str(&format!("mesh_secret = {}\n", path_str(secret)?));
         }
