@@ -280,6 +280,7 @@ async fn certificate_refusals_are_logged_counted_and_reach_nothing() {
     let (ca_cert, ca_key) = (ca.cert_pem.clone(), ca.key_pem.to_string());
     let valid = Validity::days_from_now(2);
     let foreign_ca = certgen::new_ca("foreign CA", valid).expect("foreign ca");
+    use certgen::{ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku};
 
     let cases: Vec<(&str, &str, Issued)> = vec![
         (
@@ -301,6 +302,34 @@ async fn certificate_refusals_are_logged_counted_and_reach_nothing() {
             "cert_unknown_issuer",
             "b",
             certgen::self_signed("b", valid).expect("self-signed"),
+        ),
+        (
+            // Of the mesh CA, for b, but made for key encipherment only.
+            "cert_wrong_usage",
+            "b",
+            certgen::issue_with_usages(
+                &ca_cert,
+                &ca_key,
+                "b",
+                valid,
+                &[Ku::KeyEncipherment],
+                &[Eku::ServerAuth, Eku::ClientAuth],
+            )
+            .expect("no digitalSignature"),
+        ),
+        (
+            // Of the mesh CA, for b, but a server-only certificate.
+            "cert_wrong_usage",
+            "b",
+            certgen::issue_with_usages(
+                &ca_cert,
+                &ca_key,
+                "b",
+                valid,
+                &[Ku::DigitalSignature],
+                &[Eku::ServerAuth],
+            )
+            .expect("no clientAuth"),
         ),
         (
             // Valid under the CA, but for another peer than the one claimed.
@@ -352,6 +381,17 @@ async fn certificate_refusals_are_logged_counted_and_reach_nothing() {
         .find_log_line("a", &["handshake rejected", "cert_wrong_name"])
         .expect("wrong-name line");
     assert!(line.contains("does not name b"), "{line}");
+    for words in [
+        "lacks digitalSignature key usage",
+        "lacks clientAuth extended key usage",
+    ] {
+        assert!(
+            mesh.find_log_line("a", &["handshake rejected", words])
+                .is_some(),
+            "no rejection saying {words:?}:\n{}",
+            mesh.current_log("a")
+        );
+    }
     // A correct certificate still gets in afterwards (the listener is healthy), yet the
     // target saw nothing from any refused attempt.
     assert_eq!(

@@ -8,9 +8,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
 };
+pub use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
 use time::{Duration, OffsetDateTime};
 
 /// Errors from making or writing certificates.
@@ -97,10 +97,35 @@ pub fn issue(
     name: &str,
     validity: Validity,
 ) -> Result<Issued, CertGenError> {
+    let params = peer_params(name, validity)?;
+    sign(ca_cert_pem, ca_key_pem, params)
+}
+
+/// Like [`issue`], with the given key usages and extended key usages instead of the
+/// peer ones (an empty list leaves the extension out). For tests: a certificate of the
+/// mesh CA made for another purpose, which meshd must refuse.
+pub fn issue_with_usages(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    name: &str,
+    validity: Validity,
+    key_usages: &[KeyUsagePurpose],
+    extended: &[ExtendedKeyUsagePurpose],
+) -> Result<Issued, CertGenError> {
+    let mut params = peer_params(name, validity)?;
+    params.key_usages = key_usages.to_vec();
+    params.extended_key_usages = extended.to_vec();
+    sign(ca_cert_pem, ca_key_pem, params)
+}
+
+fn sign(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    params: CertificateParams,
+) -> Result<Issued, CertGenError> {
     let ca_key = KeyPair::from_pem(ca_key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, ca_key)?;
     let key = KeyPair::generate()?;
-    let params = peer_params(name, validity)?;
     let cert = params.signed_by(&key, &issuer)?;
     Ok(Issued {
         cert_pem: cert.pem(),
