@@ -256,6 +256,34 @@ fn cert_new_ca_and_issue_make_files_meshd_loads() {
     assert!(stdout(&o).contains(&pin), "{o:?}");
 }
 
+/// `new-ca` names each CA differently: a foreign CA of the same name would be reported as a
+/// bad signature rather than as another CA.
+#[test]
+fn cert_new_ca_names_each_ca_differently() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut subjects = Vec::new();
+    for dir in ["ca1", "ca2"] {
+        let o = meshctl(&["cert", "new-ca", "--out-dir", s(&tmp.path().join(dir))]);
+        assert!(o.status.success(), "{o:?}");
+        let o = meshctl(&["cert", "show", s(&tmp.path().join(dir).join("ca.crt"))]);
+        let out = stdout(&o);
+        let subject = out
+            .lines()
+            .find_map(|l| l.strip_prefix("subject:     "))
+            .unwrap_or_else(|| panic!("no subject in:\n{out}"))
+            .to_owned();
+        let tag = subject
+            .strip_prefix("CN=meshd mesh CA ")
+            .unwrap_or_else(|| panic!("default CA name: {subject}"));
+        assert!(
+            tag.len() == 8 && tag.chars().all(|c| c.is_ascii_hexdigit()),
+            "{subject}"
+        );
+        subjects.push(subject);
+    }
+    assert_ne!(subjects[0], subjects[1], "two CAs share a name");
+}
+
 #[test]
 fn certs_example_certificates_chain_to_the_example_ca_and_carry_no_key() {
     use rustls::pki_types::pem::PemObject;

@@ -280,6 +280,21 @@ async fn certificate_refusals_are_logged_counted_and_reach_nothing() {
     let (ca_cert, ca_key) = (ca.cert_pem.clone(), ca.key_pem.to_string());
     let valid = Validity::days_from_now(2);
     let foreign_ca = certgen::new_ca("foreign CA", valid).expect("foreign ca");
+    // Another CA under the mesh CA's very name: webpki picks the issuer by name, finds
+    // ours, and the signature does not verify.
+    let mesh_ca_name = {
+        let der = CertificateDer::from_pem_slice(ca_cert.as_bytes()).expect("ca pem");
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("ca der");
+        let name = parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .expect("mesh CA common name")
+            .to_owned();
+        name
+    };
+    let twin_ca = certgen::new_ca(&mesh_ca_name, valid).expect("twin ca");
     use certgen::{ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku};
 
     let cases: Vec<(&str, &str, Issued)> = vec![
@@ -302,6 +317,11 @@ async fn certificate_refusals_are_logged_counted_and_reach_nothing() {
             "cert_unknown_issuer",
             "b",
             certgen::self_signed("b", valid).expect("self-signed"),
+        ),
+        (
+            "cert_unknown_issuer",
+            "b",
+            certgen::issue(&twin_ca.cert_pem, &twin_ca.key_pem, "b", valid).expect("twin"),
         ),
         (
             // Of the mesh CA, for b, but made for key encipherment only.
@@ -384,6 +404,7 @@ async fn certificate_refusals_are_logged_counted_and_reach_nothing() {
     for words in [
         "lacks digitalSignature key usage",
         "lacks clientAuth extended key usage",
+        "not issued by the mesh CA (signature does not verify under it",
     ] {
         assert!(
             mesh.find_log_line("a", &["handshake rejected", words])

@@ -42,7 +42,6 @@ const HANDSHAKE_REASONS: &[&str] = &[
     "cert_not_yet_valid",
     "cert_unknown_issuer",
     "cert_wrong_name",
-    "cert_bad_signature",
     "cert_wrong_usage",
     "cert_revoked",
     "cert_invalid",

@@ -27,6 +27,9 @@ pub enum CertGenError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The system random source failed.
+    #[error("the system random source failed")]
+    Random,
     /// A file exists and `force` was not given.
     #[error("{0} already exists; remove it or pass --force to overwrite it")]
     Exists(String),
@@ -68,6 +71,19 @@ fn random_serial(params: &mut CertificateParams) {
         serial[0] &= 0x7f;
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     }
+}
+
+/// The common name `meshctl cert new-ca` gives a CA by default: `meshd mesh CA` and 8
+/// random hex digits. Certificate chains are built by issuer name, so two meshes' CAs with
+/// one name would make a foreign peer certificate look like one of ours with a bad
+/// signature; distinct names keep "not our CA" an unknown issuer.
+pub fn default_ca_name() -> Result<String, CertGenError> {
+    let mut tag = [0u8; 4];
+    crate::keys::fill_random(&mut tag).map_err(|_| CertGenError::Random)?;
+    Ok(format!(
+        "meshd mesh CA {:02x}{:02x}{:02x}{:02x}",
+        tag[0], tag[1], tag[2], tag[3]
+    ))
 }
 
 /// A new self-signed CA allowed to sign peer certificates (path length 0).

@@ -389,7 +389,6 @@ pub const REASONS: &[&str] = &[
     "cert_not_yet_valid",
     "cert_unknown_issuer",
     "cert_wrong_name",
-    "cert_bad_signature",
     "cert_wrong_usage",
     "cert_revoked",
     "cert_invalid",
@@ -408,11 +407,14 @@ pub fn reason(err: &rustls::Error) -> &'static str {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 "cert_not_yet_valid"
             }
-            CertificateError::UnknownIssuer => "cert_unknown_issuer",
+            // A signature that does not verify under the CA is a certificate of another
+            // CA that has the same name (webpki picks the issuer by name).
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                "cert_unknown_issuer"
+            }
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 "cert_wrong_name"
             }
-            CertificateError::BadSignature => "cert_bad_signature",
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
                 "cert_wrong_usage"
             }
@@ -444,6 +446,11 @@ pub fn describe(err: &rustls::Error) -> String {
     match err {
         E::InvalidCertificate(CertificateError::UnknownIssuer) => {
             "certificate not issued by the mesh CA (unknown issuer, or self-signed)".to_owned()
+        }
+        E::InvalidCertificate(CertificateError::BadSignature) => {
+            "certificate not issued by the mesh CA (signature does not verify under it; \
+             another CA with the same name?)"
+                .to_owned()
         }
         E::InvalidCertificate(CertificateError::InvalidPurposeContext {
             required,

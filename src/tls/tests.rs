@@ -318,6 +318,36 @@ fn usages_are_read_by_their_rfc_names() {
 }
 
 #[test]
+fn a_foreign_ca_of_the_same_name_is_an_unknown_issuer() {
+    let d = Dir::new();
+    let (client, server) = verifiers_of(&d);
+    // Same common name as the mesh CA ("test CA"), another key.
+    let twin = certgen::new_ca("test CA", Validity::days_from_now(5)).expect("twin");
+    let issued = certgen::issue(
+        &twin.cert_pem,
+        &twin.key_pem,
+        "web1",
+        Validity::days_from_now(5),
+    )
+    .expect("issue");
+    let der = CertificateDer::from(issued.der);
+    let err = client
+        .verify_client_cert(&der, &[], UnixTime::now())
+        .expect_err("twin CA");
+    assert_eq!(reason(&err), "cert_unknown_issuer", "{err:?}");
+    assert!(
+        describe(&err).contains("not issued by the mesh CA (signature does not verify under it"),
+        "{}",
+        describe(&err)
+    );
+    let name = ServerName::try_from("web1").expect("name");
+    let err = server
+        .verify_server_cert(&der, &[], &name, &[], UnixTime::now())
+        .expect_err("twin CA");
+    assert_eq!(reason(&err), "cert_unknown_issuer", "{err:?}");
+}
+
+#[test]
 fn every_reason_is_listed() {
     use rustls::{AlertDescription, PeerIncompatible};
     let errors = [

@@ -23,9 +23,10 @@ pub enum CertCommand {
         /// Where to write ca.crt and ca.key.
         #[arg(long, value_name = "DIR")]
         out_dir: PathBuf,
-        /// The CA's common name.
-        #[arg(long, value_name = "CN", default_value = "meshd mesh CA")]
-        name: String,
+        /// The CA's common name (default: "meshd mesh CA" and 8 random hex digits, so
+        /// that two meshes' CAs never share a name).
+        #[arg(long, value_name = "CN")]
+        name: Option<String>,
         /// Validity in days.
         #[arg(long, value_name = "N", default_value_t = 3650)]
         days: i64,
@@ -65,7 +66,13 @@ pub fn run(cmd: CertCommand) -> anyhow::Result<ExitCode> {
             name,
             days,
             force,
-        } => new_ca(&out_dir, &name, days, force),
+        } => {
+            let name = match name {
+                Some(n) => n,
+                None => certgen::default_ca_name()?,
+            };
+            new_ca(&out_dir, &name, days, force)
+        }
         CertCommand::Issue {
             name,
             ca_dir,
