@@ -755,3 +755,87 @@ async fn garbage_and_stalls_after_a_tls_preamble_are_refused_and_the_link_still_
     .await
     .expect("echo over tls after refused garbage");
 }
+
+/// A dialer whose certificate the acceptor refuses (b's certificate comes from a second CA
+/// that b trusts but a does not yet, as mid-way through a CA rotation) fails to dial: it
+/// never logs `link up`, counts each attempt as `cert_refused_by_peer`, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialer_whose_certificate_is_refused_never_reports_link_up() {
+    let target = CountingServer::start().await;
+    let mut mesh = TestMesh::builder()
+        .auth("tls")
+        .tls()
+        .service("a", "svc", target.addr(), &["b"])
+        .forward("b", "a/svc")
+        .build();
+    let second = certgen::new_ca("meshd test CA 2", Validity::days_from_now(2)).expect("ca 2");
+    let b_cert = certgen::issue(
+        &second.cert_pem,
+        &second.key_pem,
+        "b",
+        Validity::days_from_now(2),
+    )
+    .expect("b cert under ca 2");
+    mesh.write_cert("b", &b_cert);
+    // b trusts both CAs, so it accepts a's certificate; a trusts only the first.
+    let both = mesh.dir().join("b/ca-both.crt");
+    std::fs::write(&both, format!("{}{}", mesh.ca().cert_pem, second.cert_pem))
+        .expect("write both CAs");
+    let config = mesh.host_config_path("b");
+    let text = std::fs::read_to_string(&config).expect("read b's config");
+    let ca_line = format!("ca = \"{}\"", mesh.ca_path().display());
+    assert!(text.contains(&ca_line), "{text}");
+    std::fs::write(
+        &config,
+        text.replace(&ca_line, &format!("ca = \"{}\"", both.display())),
+    )
+    .expect("point b at both CAs");
+
+    mesh.start("a");
+    mesh.start("b");
+    mesh.wait_for_log_line(
+        "a",
+        &["handshake rejected", "reason=\"cert_unknown_issuer\""],
+        LOG,
+    )
+    .await;
+    let line = mesh
+        .wait_for_log_line(
+            "b",
+            &["link dial failed", "reason=\"cert_refused_by_peer\""],
+            LOG,
+        )
+        .await;
+    assert!(
+        line.contains("refused this host's certificate") && line.contains("UnknownCA"),
+        "{line}"
+    );
+    // Redialed and refused again: still never up.
+    common::wait_until_async(LOG, "a second refused dial counted", || async {
+        sample(
+            &metrics_text(mesh.admin_addr("b")),
+            "meshd_link_failures_total{peer=\"a\",reason=\"cert_refused_by_peer\"}",
+        ) >= 2.0
+    })
+    .await;
+    let m = metrics_text(mesh.admin_addr("b"));
+    assert_eq!(
+        sample(
+            &m,
+            "meshd_link_failures_total{peer=\"a\",reason=\"tls_alert\"}"
+        ),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "meshd_link_established_total{peer=\"a\"}"),
+        0.0,
+        "{m}"
+    );
+    assert!(
+        mesh.find_log_line("b", &["link up"]).is_none(),
+        "b logged link up with a refused certificate:\n{}",
+        mesh.current_log("b")
+    );
+    assert_eq!((target.connections(), target.bytes()), (0, 0));
+}
