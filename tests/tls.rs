@@ -839,3 +839,48 @@ async fn a_dialer_whose_certificate_is_refused_never_reports_link_up() {
     );
     assert_eq!((target.connections(), target.bytes()), (0, 0));
 }
+
+/// A wrong pinned `ca_fingerprint` stops `meshd --config` with exit 64 before it binds any
+/// port (its mesh and admin ports are held here: a bind attempt would exit 1), with an
+/// error naming the host file, line and field, and where the pin is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pinned_ca_exits_64_before_binding_and_names_file_line_and_field() {
+    let pin = format!("sha256:{}", "0f".repeat(32));
+    let mut mesh = TestMesh::builder()
+        .auth("tls")
+        .tls()
+        .mesh_toml(&format!("ca_fingerprint = \"{pin}\""))
+        .peer("a")
+        .peer("b")
+        .build();
+    let mesh_toml = std::fs::read_to_string(mesh.manifest_dir().join("mesh.toml")).expect("read");
+    let pin_line = mesh_toml
+        .lines()
+        .position(|l| l.starts_with("ca_fingerprint"))
+        .expect("pin written")
+        + 1;
+    let config = mesh.host_config_path("a");
+    let ca_line = std::fs::read_to_string(&config)
+        .expect("read host config")
+        .lines()
+        .position(|l| l.starts_with("ca = "))
+        .expect("ca line")
+        + 1;
+    let _mesh_port = std::net::TcpListener::bind(mesh.mesh_addr("a")).expect("hold mesh port");
+    let _admin_port = std::net::TcpListener::bind(mesh.admin_addr("a")).expect("hold admin port");
+
+    let (status, out) = mesh.run_to_exit("a", Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(64), "{out}");
+    let want = format!("{}:{ca_line}: ca: ", config.display());
+    let line = out
+        .lines()
+        .find(|l| l.contains(&want))
+        .unwrap_or_else(|| panic!("no line with {want:?} in:\n{out}"));
+    assert!(line.contains("does not pin"), "{line}");
+    assert!(
+        line.contains(&format!("mesh.toml:{pin_line}: ca_fingerprint")),
+        "{line}"
+    );
+    assert!(line.contains(&pin), "{line}");
+    assert!(!out.contains("cannot listen"), "{out}");
+}

@@ -53,12 +53,24 @@ pub struct TlsLoadError {
     pub field: &'static str,
     /// What is wrong (never the key material itself).
     pub message: String,
+    /// Which kind of problem, for a caller that can say more (where the pins are).
+    pub kind: TlsLoadKind,
+}
+
+/// The kind of a [`TlsLoadError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsLoadKind {
+    /// A file is missing, unreadable, or does not hold a fitting certificate or key.
+    File,
+    /// The `ca` file holds a CA certificate that `ca_fingerprint` does not pin.
+    UnpinnedCa,
 }
 
 fn load_err(field: &'static str, message: impl Into<String>) -> TlsLoadError {
     TlsLoadError {
         field,
         message: message.into(),
+        kind: TlsLoadKind::File,
     }
 }
 
@@ -224,14 +236,19 @@ impl TlsMaterial {
         if !pins.is_empty() {
             for fp in &ca_fingerprints {
                 if !pins.contains(fp) {
-                    return Err(load_err(
-                        "ca",
-                        format!(
-                            "{} holds a CA certificate with fingerprint {fp}, which mesh.toml \
-                             does not pin (ca_fingerprint = {pins:?}): wrong CA file?",
-                            files.ca.display()
-                        ),
-                    ));
+                    return Err(TlsLoadError {
+                        kind: TlsLoadKind::UnpinnedCa,
+                        ..load_err(
+                            "ca",
+                            format!(
+                                "{} holds a CA certificate with fingerprint {fp}, which \
+                                 ca_fingerprint in mesh.toml does not pin (it pins {}): wrong \
+                                 CA file, or a new CA not pinned yet?",
+                                files.ca.display(),
+                                pins.join(", ")
+                            ),
+                        )
+                    });
                 }
             }
         }
