@@ -884,3 +884,53 @@ async fn a_wrong_pinned_ca_exits_64_before_binding_and_names_file_line_and_field
     assert!(line.contains(&pin), "{line}");
     assert!(!out.contains("cannot listen"), "{out}");
 }
+
+/// A reload that adds a forward (so a new dialer) and a new certificate at once: the new
+/// link is made with the new certificate, never the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_dialled_by_a_reload_uses_that_reloads_certificate() {
+    let echo = EchoServer::start().await;
+    let mut mesh = TestMesh::builder()
+        .auth("tls")
+        .tls()
+        .service("a", "echo", echo.addr(), &["b"])
+        .forward("b", "a/echo")
+        .build();
+    let full = mesh.spec().clone();
+    let mut without = full.clone();
+    without.peer_mut("b").forwards.clear();
+    without.write(&mesh.manifest_dir());
+    let (b_cert, _) = mesh.cert_paths("b");
+    let old_fp = fingerprint_of(&b_cert);
+    mesh.start("a");
+    mesh.start("b");
+    mesh.wait_for_log("b", "meshd ready", LINK_UP).await;
+
+    let new_fp = mesh.issue_cert("b", Validity::days_from_now(3));
+    full.write(&mesh.manifest_dir());
+    // Through the admin server: a request waits for the daemon's loop, where a SIGHUP
+    // this early could arrive before the handler is installed.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["reload", "--admin", &mesh.admin_addr("b").to_string()])
+        .output()
+        .expect("run meshctl reload");
+    assert!(out.status.success(), "{out:?}");
+    mesh.wait_for_log_line(
+        "a",
+        &["link up", "peer=b", &format!("peer_cert={new_fp}")],
+        LINK_UP,
+    )
+    .await;
+    assert!(
+        mesh.find_log_line("a", &["link up", &old_fp]).is_none(),
+        "a link was made with the old certificate:\n{}",
+        mesh.current_log("a")
+    );
+    common::client::echo_exact(
+        mesh.forward_addr("b", "a/echo"),
+        b"over the reloaded link\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("echo over the link dialled by the reload");
+}
