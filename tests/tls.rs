@@ -840,6 +840,134 @@ async fn a_dialer_whose_certificate_is_refused_never_reports_link_up() {
     assert_eq!((target.connections(), target.bytes()), (0, 0));
 }
 
+/// A client offering only TLS 1.2 (with a certificate of the mesh CA for a real peer) is
+/// refused by the acceptor, logged and counted as `tls_incompatible`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_1_2_only_client_is_refused() {
+    let target = CountingServer::start().await;
+    let mut mesh = TestMesh::builder()
+        .auth("tls")
+        .tls()
+        .service("a", "svc", target.addr(), &["b"])
+        .peer("b")
+        .build();
+    mesh.start("a");
+    mesh.wait_for_log("a", "meshd ready", LINK_UP).await;
+    let ca = mesh.ca();
+    let b =
+        certgen::issue(&ca.cert_pem, &ca.key_pem, "b", Validity::days_from_now(1)).expect("b cert");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("ca pem"))
+        .expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .expect("tls12")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![CertificateDer::from(b.der.clone())],
+        PrivateKeyDer::from_pem_slice(b.key_pem.as_bytes()).expect("key"),
+    )
+    .expect("client config");
+    let mut tcp = TcpStream::connect(mesh.mesh_addr("a"))
+        .await
+        .expect("connect");
+    let preamble = Preamble {
+        mode: AuthMode::Tls,
+        name: PeerName::new("b").expect("name"),
+    };
+    tcp.write_all(&preamble.encode()).await.expect("preamble");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from("a".to_owned()).expect("name");
+    let result = common::within(
+        Duration::from_secs(10),
+        "the TLS 1.2 handshake ends",
+        connector.connect(name, tcp),
+    )
+    .await;
+    assert!(result.is_err(), "a TLS 1.2 handshake succeeded");
+    let line = mesh
+        .wait_for_log_line(
+            "a",
+            &["handshake rejected", "reason=\"tls_incompatible\""],
+            LOG,
+        )
+        .await;
+    assert!(line.contains("TLS 1.3"), "{line}");
+    common::wait_until_async(LOG, "tls_incompatible counted", || async {
+        sample(
+            &metrics_text(mesh.admin_addr("a")),
+            "meshd_handshake_failures_total{reason=\"tls_incompatible\"}",
+        ) == 1.0
+    })
+    .await;
+    assert_eq!((target.connections(), target.bytes()), (0, 0));
+}
+
+/// SIGHUP with the certificate file gone: the reload fails (logged with the file and
+/// counted), and the old material keeps serving, for new links too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_certificate_file_fails_the_reload_and_the_old_one_keeps_serving() {
+    let echo = EchoServer::start().await;
+    let mut mesh = TestMesh::builder()
+        .auth("tls")
+        .tls()
+        .service("a", "echo", echo.addr(), &["b"])
+        .forward("b", "a/echo")
+        .build();
+    mesh.start("a");
+    mesh.start("b");
+    let (b_cert, _) = mesh.cert_paths("b");
+    let old_fp = fingerprint_of(&b_cert);
+    mesh.wait_for_log_line(
+        "a",
+        &["link up", "peer=b", &format!("peer_cert={old_fp}")],
+        LINK_UP,
+    )
+    .await;
+
+    std::fs::remove_file(&b_cert).expect("remove b's certificate");
+    sighup(&mut mesh, "b");
+    let line = mesh
+        .wait_for_log_line("b", &["reload failed", "cert"], LOG)
+        .await;
+    assert!(
+        line.contains(&b_cert.display().to_string()),
+        "the error names the file: {line}"
+    );
+    common::wait_until_async(LOG, "the failed reload counted", || async {
+        sample(
+            &metrics_text(mesh.admin_addr("b")),
+            "meshd_config_reloads_total{result=\"failure\"}",
+        ) == 1.0
+    })
+    .await;
+    assert!(
+        mesh.find_log_line("b", &["tls material reloaded"])
+            .is_none(),
+        "{}",
+        mesh.current_log("b")
+    );
+
+    // A new link (the acceptor restarts) still comes up, with the old certificate.
+    mesh.restart("a").await;
+    mesh.wait_for_log_line(
+        "a",
+        &["link up", "peer=b", &format!("peer_cert={old_fp}")],
+        LINK_UP,
+    )
+    .await;
+    common::client::echo_exact(
+        mesh.forward_addr("b", "a/echo"),
+        b"on the old certificate\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("echo over a link made after the failed reload");
+}
+
 /// A wrong pinned `ca_fingerprint` stops `meshd --config` with exit 64 before it binds any
 /// port (its mesh and admin ports are held here: a bind attempt would exit 1), with an
 /// error naming the host file, line and field, and where the pin is.

@@ -490,6 +490,9 @@ pub fn describe(err: &rustls::Error) -> String {
              clientAuth)"
                 .to_owned()
         }
+        E::PeerIncompatible(why) => {
+            format!("the other side does not speak TLS 1.3 as meshd needs it ({why:?})")
+        }
         E::AlertReceived(alert) => {
             format!("the other side refused the handshake (alert {alert:?})")
         }
