@@ -436,7 +436,28 @@ impl Daemon {
             }
         }
 
-        // 2. Links: close what is gone or changed, dial what is new.
+        // 2. TLS material, before any dialer below starts: a link dialled during this
+        //    reload must never use the old certificate. New handshakes use it; established
+        //    links keep theirs.
+        let tls_changed = match (&self.cfg.tls, &next.tls) {
+            (Some(a), Some(b)) => !a.same_as(b),
+            (None, None) => false,
+            _ => true,
+        };
+        if tls_changed {
+            if let Some(m) = &next.tls {
+                self.metrics.set_tls_cert(m.not_after);
+                tracing::info!(
+                    cert = %m.cert_fingerprint,
+                    ca = ?m.ca_fingerprints,
+                    "tls material reloaded: new links use this certificate"
+                );
+            }
+            summary.tls_reloaded = true;
+        }
+        self.tls.set(next.tls.clone());
+
+        // 3. Links: close what is gone or changed, dial what is new.
         let mut wanted = dial_contexts(&next, &self.tls);
         let current: Vec<PeerName> = self.dialers.keys().cloned().collect();
         for peer in current {
@@ -470,7 +491,7 @@ impl Daemon {
             summary.links_added += 1;
         }
 
-        // 3. Entrances: same address and same forward stays; changed is re-pointed on its
+        // 4. Entrances: same address and same forward stays; changed is re-pointed on its
         //    listener; gone is closed.
         let next_forwards: BTreeMap<SocketAddr, Forward> = next
             .me()
@@ -506,25 +527,6 @@ impl Daemon {
                 summary.forwards_added += 1;
             }
         }
-
-        // 4. TLS material: new handshakes use it; established links keep theirs.
-        let tls_changed = match (&self.cfg.tls, &next.tls) {
-            (Some(a), Some(b)) => !a.same_as(b),
-            (None, None) => false,
-            _ => true,
-        };
-        if tls_changed {
-            if let Some(m) = &next.tls {
-                self.metrics.set_tls_cert(m.not_after);
-                tracing::info!(
-                    cert = %m.cert_fingerprint,
-                    ca = ?m.ca_fingerprints,
-                    "tls material reloaded: new links use this certificate"
-                );
-            }
-            summary.tls_reloaded = true;
-        }
-        self.tls.set(next.tls.clone());
 
         // 5. Accepting side: services, allow lists, who may dial us.
         self.exits.set_services(next.me().services.clone());

@@ -252,8 +252,82 @@ fn cert_new_ca_and_issue_make_files_meshd_loads() {
     let out = stdout(&o);
     assert!(out.contains("dns names:   web1"), "{out}");
     assert!(out.contains(&m.cert_fingerprint), "{out}");
+    assert!(out.contains("key usage:   digitalSignature\n"), "{out}");
+    assert!(
+        out.contains("ext usage:   serverAuth, clientAuth\n"),
+        "{out}"
+    );
     let o = meshctl(&["cert", "show", s(&ca_dir.join("ca.crt"))]);
-    assert!(stdout(&o).contains(&pin), "{o:?}");
+    let out = stdout(&o);
+    assert!(out.contains(&pin), "{o:?}");
+    assert!(out.contains("key usage:   keyCertSign, cRLSign\n"), "{out}");
+    assert!(out.contains("ext usage:   (no extension)\n"), "{out}");
+}
+
+/// `new-ca` names each CA differently: a foreign CA of the same name would be reported as a
+/// bad signature rather than as another CA.
+#[test]
+fn cert_new_ca_names_each_ca_differently() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut subjects = Vec::new();
+    for dir in ["ca1", "ca2"] {
+        let o = meshctl(&["cert", "new-ca", "--out-dir", s(&tmp.path().join(dir))]);
+        assert!(o.status.success(), "{o:?}");
+        let o = meshctl(&["cert", "show", s(&tmp.path().join(dir).join("ca.crt"))]);
+        let out = stdout(&o);
+        let subject = out
+            .lines()
+            .find_map(|l| l.strip_prefix("subject:     "))
+            .unwrap_or_else(|| panic!("no subject in:\n{out}"))
+            .to_owned();
+        let tag = subject
+            .strip_prefix("CN=meshd mesh CA ")
+            .unwrap_or_else(|| panic!("default CA name: {subject}"));
+        assert!(
+            tag.len() == 8 && tag.chars().all(|c| c.is_ascii_hexdigit()),
+            "{subject}"
+        );
+        subjects.push(subject);
+    }
+    assert_ne!(subjects[0], subjects[1], "two CAs share a name");
+}
+
+/// `issue` prints paths meshd.toml can use wherever it lives (it resolves relative paths
+/// against its own directory, not where meshctl ran).
+#[test]
+fn cert_issue_prints_absolute_paths() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = meshctl(&["cert", "new-ca", "--out-dir", s(&tmp.path().join("ca1"))]);
+    assert!(o.status.success(), "{o:?}");
+    // Relative --ca-dir, run from the temporary directory.
+    let o = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["cert", "issue", "web1", "--ca-dir", "ca1"])
+        .current_dir(tmp.path())
+        .output()
+        .expect("run meshctl");
+    assert!(o.status.success(), "{o:?}");
+    let out = stdout(&o);
+    let root = fs::canonicalize(tmp.path()).expect("canonical tmp");
+    for (field, file) in [
+        ("cert", "ca1/web1.crt"),
+        ("cert_key", "ca1/web1.key"),
+        ("ca", "ca1/ca.crt"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{field} = ")))
+            .unwrap_or_else(|| panic!("no {field} line in:\n{out}"));
+        let path = line
+            .split('"')
+            .nth(1)
+            .unwrap_or_else(|| panic!("unquoted: {line}"));
+        assert!(Path::new(path).is_absolute(), "{line}");
+        assert_eq!(
+            fs::canonicalize(path).expect("the printed path exists"),
+            root.join(file),
+            "{line}"
+        );
+    }
 }
 
 #[test]
@@ -276,6 +350,9 @@ fn certs_example_certificates_chain_to_the_example_ca_and_carry_no_key() {
         use rustls::client::danger::ServerCertVerifier;
         verifier
             .verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+            .unwrap_or_else(|e| panic!("certs-example/{peer}.crt: {e}"));
+        // webpki leaves the key usage to meshd: the examples carry the peer usages.
+        meshd::tls::check_peer_usage(&cert)
             .unwrap_or_else(|e| panic!("certs-example/{peer}.crt: {e}"));
     }
     for entry in fs::read_dir(dir).expect("list") {

@@ -280,6 +280,22 @@ async fn certificate_refusals_are_logged_counted_and_reach_nothing() {
     let (ca_cert, ca_key) = (ca.cert_pem.clone(), ca.key_pem.to_string());
     let valid = Validity::days_from_now(2);
     let foreign_ca = certgen::new_ca("foreign CA", valid).expect("foreign ca");
+    // Another CA under the mesh CA's very name: webpki picks the issuer by name, finds
+    // ours, and the signature does not verify.
+    let mesh_ca_name = {
+        let der = CertificateDer::from_pem_slice(ca_cert.as_bytes()).expect("ca pem");
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("ca der");
+        let name = parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .expect("mesh CA common name")
+            .to_owned();
+        name
+    };
+    let twin_ca = certgen::new_ca(&mesh_ca_name, valid).expect("twin ca");
+    use certgen::{ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku};
 
     let cases: Vec<(&str, &str, Issued)> = vec![
         (
@@ -301,6 +317,39 @@ async fn certificate_refusals_are_logged_counted_and_reach_nothing() {
             "cert_unknown_issuer",
             "b",
             certgen::self_signed("b", valid).expect("self-signed"),
+        ),
+        (
+            "cert_unknown_issuer",
+            "b",
+            certgen::issue(&twin_ca.cert_pem, &twin_ca.key_pem, "b", valid).expect("twin"),
+        ),
+        (
+            // Of the mesh CA, for b, but made for key encipherment only.
+            "cert_wrong_usage",
+            "b",
+            certgen::issue_with_usages(
+                &ca_cert,
+                &ca_key,
+                "b",
+                valid,
+                &[Ku::KeyEncipherment],
+                &[Eku::ServerAuth, Eku::ClientAuth],
+            )
+            .expect("no digitalSignature"),
+        ),
+        (
+            // Of the mesh CA, for b, but a server-only certificate.
+            "cert_wrong_usage",
+            "b",
+            certgen::issue_with_usages(
+                &ca_cert,
+                &ca_key,
+                "b",
+                valid,
+                &[Ku::DigitalSignature],
+                &[Eku::ServerAuth],
+            )
+            .expect("no clientAuth"),
         ),
         (
             // Valid under the CA, but for another peer than the one claimed.
@@ -352,6 +401,18 @@ async fn certificate_refusals_are_logged_counted_and_reach_nothing() {
         .find_log_line("a", &["handshake rejected", "cert_wrong_name"])
         .expect("wrong-name line");
     assert!(line.contains("does not name b"), "{line}");
+    for words in [
+        "lacks digitalSignature key usage",
+        "lacks clientAuth extended key usage",
+        "not issued by the mesh CA (signature does not verify under it",
+    ] {
+        assert!(
+            mesh.find_log_line("a", &["handshake rejected", words])
+                .is_some(),
+            "no rejection saying {words:?}:\n{}",
+            mesh.current_log("a")
+        );
+    }
     // A correct certificate still gets in afterwards (the listener is healthy), yet the
     // target saw nothing from any refused attempt.
     assert_eq!(
@@ -693,4 +754,311 @@ async fn garbage_and_stalls_after_a_tls_preamble_are_refused_and_the_link_still_
     )
     .await
     .expect("echo over tls after refused garbage");
+}
+
+/// A dialer whose certificate the acceptor refuses (b's certificate comes from a second CA
+/// that b trusts but a does not yet, as mid-way through a CA rotation) fails to dial: it
+/// never logs `link up`, counts each attempt as `cert_refused_by_peer`, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialer_whose_certificate_is_refused_never_reports_link_up() {
+    let target = CountingServer::start().await;
+    let mut mesh = TestMesh::builder()
+        .auth("tls")
+        .tls()
+        .service("a", "svc", target.addr(), &["b"])
+        .forward("b", "a/svc")
+        .build();
+    let second = certgen::new_ca("meshd test CA 2", Validity::days_from_now(2)).expect("ca 2");
+    let b_cert = certgen::issue(
+        &second.cert_pem,
+        &second.key_pem,
+        "b",
+        Validity::days_from_now(2),
+    )
+    .expect("b cert under ca 2");
+    mesh.write_cert("b", &b_cert);
+    // b trusts both CAs, so it accepts a's certificate; a trusts only the first.
+    let both = mesh.dir().join("b/ca-both.crt");
+    std::fs::write(&both, format!("{}{}", mesh.ca().cert_pem, second.cert_pem))
+        .expect("write both CAs");
+    let config = mesh.host_config_path("b");
+    let text = std::fs::read_to_string(&config).expect("read b's config");
+    let ca_line = format!("ca = \"{}\"", mesh.ca_path().display());
+    assert!(text.contains(&ca_line), "{text}");
+    std::fs::write(
+        &config,
+        text.replace(&ca_line, &format!("ca = \"{}\"", both.display())),
+    )
+    .expect("point b at both CAs");
+
+    mesh.start("a");
+    mesh.start("b");
+    mesh.wait_for_log_line(
+        "a",
+        &["handshake rejected", "reason=\"cert_unknown_issuer\""],
+        LOG,
+    )
+    .await;
+    let line = mesh
+        .wait_for_log_line(
+            "b",
+            &["link dial failed", "reason=\"cert_refused_by_peer\""],
+            LOG,
+        )
+        .await;
+    assert!(
+        line.contains("refused this host's certificate") && line.contains("UnknownCA"),
+        "{line}"
+    );
+    // Redialed and refused again: still never up.
+    common::wait_until_async(LOG, "a second refused dial counted", || async {
+        sample(
+            &metrics_text(mesh.admin_addr("b")),
+            "meshd_link_failures_total{peer=\"a\",reason=\"cert_refused_by_peer\"}",
+        ) >= 2.0
+    })
+    .await;
+    let m = metrics_text(mesh.admin_addr("b"));
+    assert_eq!(
+        sample(
+            &m,
+            "meshd_link_failures_total{peer=\"a\",reason=\"tls_alert\"}"
+        ),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "meshd_link_established_total{peer=\"a\"}"),
+        0.0,
+        "{m}"
+    );
+    assert!(
+        mesh.find_log_line("b", &["link up"]).is_none(),
+        "b logged link up with a refused certificate:\n{}",
+        mesh.current_log("b")
+    );
+    assert_eq!((target.connections(), target.bytes()), (0, 0));
+}
+
+/// A client offering only TLS 1.2 (with a certificate of the mesh CA for a real peer) is
+/// refused by the acceptor, logged and counted as `tls_incompatible`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_1_2_only_client_is_refused() {
+    let target = CountingServer::start().await;
+    let mut mesh = TestMesh::builder()
+        .auth("tls")
+        .tls()
+        .service("a", "svc", target.addr(), &["b"])
+        .peer("b")
+        .build();
+    mesh.start("a");
+    mesh.wait_for_log("a", "meshd ready", LINK_UP).await;
+    let ca = mesh.ca();
+    let b =
+        certgen::issue(&ca.cert_pem, &ca.key_pem, "b", Validity::days_from_now(1)).expect("b cert");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("ca pem"))
+        .expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .expect("tls12")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![CertificateDer::from(b.der.clone())],
+        PrivateKeyDer::from_pem_slice(b.key_pem.as_bytes()).expect("key"),
+    )
+    .expect("client config");
+    let mut tcp = TcpStream::connect(mesh.mesh_addr("a"))
+        .await
+        .expect("connect");
+    let preamble = Preamble {
+        mode: AuthMode::Tls,
+        name: PeerName::new("b").expect("name"),
+    };
+    tcp.write_all(&preamble.encode()).await.expect("preamble");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from("a".to_owned()).expect("name");
+    let result = common::within(
+        Duration::from_secs(10),
+        "the TLS 1.2 handshake ends",
+        connector.connect(name, tcp),
+    )
+    .await;
+    assert!(result.is_err(), "a TLS 1.2 handshake succeeded");
+    let line = mesh
+        .wait_for_log_line(
+            "a",
+            &["handshake rejected", "reason=\"tls_incompatible\""],
+            LOG,
+        )
+        .await;
+    assert!(line.contains("TLS 1.3"), "{line}");
+    common::wait_until_async(LOG, "tls_incompatible counted", || async {
+        sample(
+            &metrics_text(mesh.admin_addr("a")),
+            "meshd_handshake_failures_total{reason=\"tls_incompatible\"}",
+        ) == 1.0
+    })
+    .await;
+    assert_eq!((target.connections(), target.bytes()), (0, 0));
+}
+
+/// SIGHUP with the certificate file gone: the reload fails (logged with the file and
+/// counted), and the old material keeps serving, for new links too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_certificate_file_fails_the_reload_and_the_old_one_keeps_serving() {
+    let echo = EchoServer::start().await;
+    let mut mesh = TestMesh::builder()
+        .auth("tls")
+        .tls()
+        .service("a", "echo", echo.addr(), &["b"])
+        .forward("b", "a/echo")
+        .build();
+    mesh.start("a");
+    mesh.start("b");
+    let (b_cert, _) = mesh.cert_paths("b");
+    let old_fp = fingerprint_of(&b_cert);
+    mesh.wait_for_log_line(
+        "a",
+        &["link up", "peer=b", &format!("peer_cert={old_fp}")],
+        LINK_UP,
+    )
+    .await;
+
+    std::fs::remove_file(&b_cert).expect("remove b's certificate");
+    sighup(&mut mesh, "b");
+    let line = mesh
+        .wait_for_log_line("b", &["reload failed", "cert"], LOG)
+        .await;
+    assert!(
+        line.contains(&b_cert.display().to_string()),
+        "the error names the file: {line}"
+    );
+    common::wait_until_async(LOG, "the failed reload counted", || async {
+        sample(
+            &metrics_text(mesh.admin_addr("b")),
+            "meshd_config_reloads_total{result=\"failure\"}",
+        ) == 1.0
+    })
+    .await;
+    assert!(
+        mesh.find_log_line("b", &["tls material reloaded"])
+            .is_none(),
+        "{}",
+        mesh.current_log("b")
+    );
+
+    // A new link (the acceptor restarts) still comes up, with the old certificate.
+    mesh.restart("a").await;
+    mesh.wait_for_log_line(
+        "a",
+        &["link up", "peer=b", &format!("peer_cert={old_fp}")],
+        LINK_UP,
+    )
+    .await;
+    common::client::echo_exact(
+        mesh.forward_addr("b", "a/echo"),
+        b"on the old certificate\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("echo over a link made after the failed reload");
+}
+
+/// A wrong pinned `ca_fingerprint` stops `meshd --config` with exit 64 before it binds any
+/// port (its mesh and admin ports are held here: a bind attempt would exit 1), with an
+/// error naming the host file, line and field, and where the pin is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pinned_ca_exits_64_before_binding_and_names_file_line_and_field() {
+    let pin = format!("sha256:{}", "0f".repeat(32));
+    let mut mesh = TestMesh::builder()
+        .auth("tls")
+        .tls()
+        .mesh_toml(&format!("ca_fingerprint = \"{pin}\""))
+        .peer("a")
+        .peer("b")
+        .build();
+    let mesh_toml = std::fs::read_to_string(mesh.manifest_dir().join("mesh.toml")).expect("read");
+    let pin_line = mesh_toml
+        .lines()
+        .position(|l| l.starts_with("ca_fingerprint"))
+        .expect("pin written")
+        + 1;
+    let config = mesh.host_config_path("a");
+    let ca_line = std::fs::read_to_string(&config)
+        .expect("read host config")
+        .lines()
+        .position(|l| l.starts_with("ca = "))
+        .expect("ca line")
+        + 1;
+    let _mesh_port = std::net::TcpListener::bind(mesh.mesh_addr("a")).expect("hold mesh port");
+    let _admin_port = std::net::TcpListener::bind(mesh.admin_addr("a")).expect("hold admin port");
+
+    let (status, out) = mesh.run_to_exit("a", Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(64), "{out}");
+    let want = format!("{}:{ca_line}: ca: ", config.display());
+    let line = out
+        .lines()
+        .find(|l| l.contains(&want))
+        .unwrap_or_else(|| panic!("no line with {want:?} in:\n{out}"));
+    assert!(line.contains("does not pin"), "{line}");
+    assert!(
+        line.contains(&format!("mesh.toml:{pin_line}: ca_fingerprint")),
+        "{line}"
+    );
+    assert!(line.contains(&pin), "{line}");
+    assert!(!out.contains("cannot listen"), "{out}");
+}
+
+/// A reload that adds a forward (so a new dialer) and a new certificate at once: the new
+/// link is made with the new certificate, never the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_dialled_by_a_reload_uses_that_reloads_certificate() {
+    let echo = EchoServer::start().await;
+    let mut mesh = TestMesh::builder()
+        .auth("tls")
+        .tls()
+        .service("a", "echo", echo.addr(), &["b"])
+        .forward("b", "a/echo")
+        .build();
+    let full = mesh.spec().clone();
+    let mut without = full.clone();
+    without.peer_mut("b").forwards.clear();
+    without.write(&mesh.manifest_dir());
+    let (b_cert, _) = mesh.cert_paths("b");
+    let old_fp = fingerprint_of(&b_cert);
+    mesh.start("a");
+    mesh.start("b");
+    mesh.wait_for_log("b", "meshd ready", LINK_UP).await;
+
+    let new_fp = mesh.issue_cert("b", Validity::days_from_now(3));
+    full.write(&mesh.manifest_dir());
+    // Through the admin server: a request waits for the daemon's loop, where a SIGHUP
+    // this early could arrive before the handler is installed.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["reload", "--admin", &mesh.admin_addr("b").to_string()])
+        .output()
+        .expect("run meshctl reload");
+    assert!(out.status.success(), "{out:?}");
+    mesh.wait_for_log_line(
+        "a",
+        &["link up", "peer=b", &format!("peer_cert={new_fp}")],
+        LINK_UP,
+    )
+    .await;
+    assert!(
+        mesh.find_log_line("a", &["link up", &old_fp]).is_none(),
+        "a link was made with the old certificate:\n{}",
+        mesh.current_log("a")
+    );
+    common::client::echo_exact(
+        mesh.forward_addr("b", "a/echo"),
+        b"over the reloaded link\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("echo over the link dialled by the reload");
 }

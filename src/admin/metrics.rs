@@ -22,7 +22,8 @@ use prometheus_client::registry::Registry;
 use crate::config::{PeerName, ServiceName};
 use crate::link::{Direction, LinkError};
 
-/// Every `HandshakeError::reason()`, created at zero so `increase()` sees the first one.
+/// Every `HandshakeError::reason()` (with every `tls::reason()`, [`crate::tls::REASONS`]),
+/// created at zero so `increase()` sees the first one.
 const HANDSHAKE_REASONS: &[&str] = &[
     "bad_magic",
     "bad_version",
@@ -41,6 +42,13 @@ const HANDSHAKE_REASONS: &[&str] = &[
     "cert_not_yet_valid",
     "cert_unknown_issuer",
     "cert_wrong_name",
+    "cert_wrong_usage",
+    "cert_revoked",
+    "cert_invalid",
+    "cert_missing",
+    "tls_alert",
+    "tls_incompatible",
+    "tls",
     "overloaded",
     "local",
 ];
@@ -698,6 +706,20 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn every_tls_reason_is_a_handshake_series_from_the_start() {
+        let text = Metrics::new("h", "v").encode();
+        for reason in crate::tls::REASONS {
+            assert!(HANDSHAKE_REASONS.contains(reason), "{reason}");
+            assert!(
+                text.contains(&format!(
+                    "meshd_handshake_failures_total{{reason=\"{reason}\"}} 0\n"
+                )),
+                "{reason}: {text}"
+            );
+        }
     }
 
     #[test]

@@ -190,6 +190,8 @@ pub struct MeshSettings {
     /// Pinned CA certificate fingerprints (`ca_fingerprint`, normalized `sha256:hex`);
     /// empty when not pinned.
     pub ca_fingerprints: Vec<String>,
+    /// The line of `ca_fingerprint` in mesh.toml, for errors about the pins.
+    pub ca_fingerprint_line: Option<usize>,
     /// Link limits.
     pub limits: Limits,
 }

@@ -838,4 +838,11 @@ fn tls_links_need_the_host_tls_files() {
     let e = load_config(&path).expect_err("pinned other CA");
     let d = &e.diagnostics()[0];
     assert_eq!((d.field.as_str(), d.line), ("ca", Some(6)));
+    // It also says where the pin is written.
+    assert!(
+        d.message.contains("peers/mesh.toml:3: ca_fingerprint"),
+        "{}",
+        d.message
+    );
+    assert!(d.message.contains(&"00".repeat(32)), "{}", d.message);
 }

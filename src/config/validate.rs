@@ -499,6 +499,7 @@ fn validate_mesh(
         }
     }
     let mut ca_fingerprints = Vec::new();
+    let ca_fingerprint_line = raw.ca_fingerprint.as_ref().map(|v| src.line(v.span()));
     if let Some(v) = &raw.ca_fingerprint {
         let items: Vec<&toml::Value> = match v.get_ref() {
             toml::Value::Array(a) => a.iter().collect(),
@@ -531,6 +532,7 @@ fn validate_mesh(
         auth,
         pair_auth,
         ca_fingerprints,
+        ca_fingerprint_line,
         limits,
     })
 }
@@ -1229,7 +1231,15 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
                     "cert_key" => lines.cert_key,
                     _ => lines.ca,
                 };
-                diags.push(on_host(line, e.field, e.message));
+                let mut message = e.message;
+                if e.kind == crate::tls::TlsLoadKind::UnpinnedCa {
+                    let mesh = m.dir.join(MESH_FILE);
+                    message.push_str(&match m.mesh.ca_fingerprint_line {
+                        Some(n) => format!(" (the pin: {}:{n}: ca_fingerprint)", mesh.display()),
+                        None => format!(" (the pin: {}: ca_fingerprint)", mesh.display()),
+                    });
+                }
+                diags.push(on_host(line, e.field, message));
             }
         }
     }

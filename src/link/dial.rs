@@ -229,7 +229,8 @@ struct Dialed {
     endpoint: String,
     /// The acceptor's certificate fingerprint and the cipher suite (`tls` mode).
     peer_cert: Option<(String, String)>,
-    /// From the start of the TCP connect to the end of the handshake.
+    /// From the start of the TCP connect to the end of the handshake (for tls, to the
+    /// acceptor's confirmation that it accepted our certificate).
     setup: std::time::Duration,
 }
 

@@ -8,18 +8,23 @@
 //!   plain socket. rustls splits a 64 KiB mux record into four TLS records.
 //!
 //! Also here: the TLS handshakes (dial and accept), which run through tokio-rustls and then
-//! hand the finished rustls connection to the driver.
+//! hand the finished rustls connection to the driver. In TLS 1.3 the client's handshake
+//! ends before the server has checked the client's certificate, so the acceptor confirms a
+//! link with a first record at once (a mux PING, [`mux::encode_greeting`]) and the dialer
+//! calls a link up only once it has decrypted that record: a refusal is then a failed dial
+//! (`cert_refused_by_peer`), not a link that comes up and dies.
 
 use std::io::{Read, Write};
 
 use bytes::{Buf, BytesMut};
 use rustls::pki_types::ServerName;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::LinkError;
 use crate::config::{AuthMode, PeerName};
 use crate::proto::handshake::{HandshakeError, Preamble, Session, MAX_RECORD_PLAINTEXT};
+use crate::proto::mux;
 use crate::tls::{self, TlsMaterial};
 
 /// The record layer of one link. One lives in each link's driver, so the size gap between
@@ -118,6 +123,11 @@ impl TlsRecords {
         Ok(Some(record))
     }
 
+    /// Whether decrypted bytes wait for the driver.
+    fn has_plaintext(&self) -> bool {
+        !self.plain_in.is_empty()
+    }
+
     /// Queues a close_notify alert.
     pub(crate) fn close(&mut self) {
         self.conn.send_close_notify();
@@ -185,15 +195,62 @@ pub(crate) async fn dial(
         .connect(name, socket)
         .await
         .map_err(|e| tls_failure(e, peer))?;
-    let (socket, conn) = stream.into_inner();
+    let (mut socket, conn) = stream.into_inner();
     let peer_cert = peer_cert_fingerprint(conn.peer_certificates());
     let cipher = cipher_name(conn.negotiated_cipher_suite());
+    let mut records = TlsRecords::new(conn.into());
+    await_confirmation(&mut socket, &mut records, peer).await?;
     Ok(TlsLink {
         socket,
-        transport: Transport::Tls(TlsRecords::new(conn.into())),
+        transport: Transport::Tls(records),
         peer_cert,
         cipher,
     })
+}
+
+/// Dialer, after its side of the handshake: reads until the acceptor's first record has
+/// been decrypted (it stays in `records` for the driver). An alert or a close instead means
+/// the acceptor refused this host's certificate or the name it claims. The caller's
+/// handshake deadline bounds the wait.
+async fn await_confirmation(
+    socket: &mut TcpStream,
+    records: &mut TlsRecords,
+    peer: &PeerName,
+) -> Result<(), LinkError> {
+    let refused = |detail: String| {
+        LinkError::Handshake(HandshakeError::Tls {
+            peer: peer.to_string(),
+            reason: "cert_refused_by_peer",
+            detail,
+        })
+    };
+    let absorb_err = |e: LinkError| match e {
+        LinkError::Tls(rustls::Error::AlertReceived(alert)) => refused(format!(
+            "{peer} refused this host's certificate after the handshake (alert {alert:?}); \
+             its log says why"
+        )),
+        LinkError::Tls(e) => LinkError::Handshake(HandshakeError::Tls {
+            peer: peer.to_string(),
+            reason: tls::reason(&e),
+            detail: tls::describe(&e),
+        }),
+        other => other,
+    };
+    let mut buf = [0u8; 4096];
+    // rustls may already hold records that came with the end of the handshake.
+    records.absorb(&[]).map_err(absorb_err)?;
+    while !records.has_plaintext() {
+        let n = socket.read(&mut buf).await?;
+        if n == 0 {
+            return Err(refused(format!(
+                "{peer} closed the connection after the handshake without confirming the \
+                 link: it refused this host's certificate or the name it claims (its log \
+                 says why)"
+            )));
+        }
+        records.absorb(&buf[..n]).map_err(absorb_err)?;
+    }
+    Ok(())
 }
 
 /// Acceptor, after the preamble named `claimed`: runs the TLS server handshake (the
@@ -209,7 +266,7 @@ pub(crate) async fn accept(
         .accept(socket)
         .await
         .map_err(|e| tls_failure(e, claimed))?;
-    let (socket, conn) = stream.into_inner();
+    let (mut socket, conn) = stream.into_inner();
     let Some(cert) = conn.peer_certificates().and_then(|c| c.first()) else {
         return Err(LinkError::Handshake(HandshakeError::Tls {
             peer: claimed.to_string(),
@@ -230,9 +287,15 @@ pub(crate) async fn accept(
     }
     let peer_cert = tls::fingerprint(cert);
     let cipher = cipher_name(conn.negotiated_cipher_suite());
+    // Everything is checked: confirm the link to the dialer now (see the module doc).
+    let mut records = TlsRecords::new(conn.into());
+    mux::encode_greeting(records.begin_record());
+    let mut greeting = Vec::new();
+    records.seal_record(&mut greeting)?;
+    socket.write_all(&greeting).await?;
     Ok(TlsLink {
         socket,
-        transport: Transport::Tls(TlsRecords::new(conn.into())),
+        transport: Transport::Tls(records),
         peer_cert,
         cipher,
     })

@@ -19,6 +19,22 @@ use super::frame::{
 /// 63-byte service name) must fit an empty record, or it would never be sent.
 pub const MIN_RECORD: usize = HEADER_LEN + MAX_SERVICE_LEN;
 
+/// Nonce of the PING a TLS acceptor sends unprompted as soon as its handshake succeeds
+/// ([`encode_greeting`]). In TLS 1.3 the client finishes first, so without it a dialer could
+/// not tell an accepted certificate from one the acceptor is about to refuse. A mux's own
+/// PING nonces count up from 0 and never reach it, so the PONG that answers the greeting
+/// never passes for a round-trip sample.
+pub const GREETING_NONCE: u64 = u64::MAX;
+
+/// Appends the frames of the greeting record: one PING with [`GREETING_NONCE`]. The dialer's
+/// mux answers it like any PING.
+pub fn encode_greeting(out: &mut Vec<u8>) {
+    Frame::Ping {
+        nonce: GREETING_NONCE,
+    }
+    .encode(out);
+}
+
 /// Credit may never exceed this; more is a peer bug (and would overflow a `u32` WINDOW).
 const MAX_CREDIT: u64 = 1 << 31;
 /// Before the first RTT sample, half a window consumed within this long counts as fast.
@@ -1639,6 +1655,43 @@ mod tests {
             d.handle_timeout(t0 + 5 * SEC),
             Err(MuxError::Dead { missed: 3 })
         );
+    }
+
+    #[test]
+    fn the_tls_greeting_is_answered_and_its_pong_is_harmless() {
+        let c = MuxConfig {
+            ping_interval: SEC,
+            ..cfg()
+        };
+        let t0 = Instant::now();
+        let mut d = Mux::new(Role::Dialer, c.clone(), t0);
+        let mut a = Mux::new(Role::Acceptor, c, t0);
+        let mut greeting = Vec::new();
+        encode_greeting(&mut greeting);
+        d.handle_record(Bytes::from(greeting), t0).unwrap();
+        assert!(events(&mut d).is_empty());
+        let mut out = Vec::new();
+        assert!(d.poll_transmit(&mut out));
+        assert_eq!(
+            frame::decode(&out).unwrap().0,
+            Frame::Pong {
+                nonce: GREETING_NONCE
+            }
+        );
+        // The acceptor has a PING of its own in flight when the answer lands: no RTT
+        // sample, no event, no error, and its own PING is still answered.
+        a.handle_timeout(t0 + SEC).unwrap();
+        let mut ping = Vec::new();
+        assert!(a.poll_transmit(&mut ping));
+        a.handle_record(Bytes::from(out), t0 + SEC).unwrap();
+        assert!(
+            events(&mut a).is_empty(),
+            "the greeting's PONG is not an RTT"
+        );
+        assert!(a.is_idle());
+        d.handle_record(Bytes::from(ping), t0 + SEC).unwrap();
+        transfer(&mut d, &mut a, t0 + SEC + SEC / 10);
+        assert_eq!(events(&mut a), vec![Event::Rtt(SEC / 10)]);
     }
 
     #[test]

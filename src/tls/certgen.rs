@@ -8,9 +8,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
 };
+pub use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
 use time::{Duration, OffsetDateTime};
 
 /// Errors from making or writing certificates.
@@ -27,6 +27,9 @@ pub enum CertGenError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The system random source failed.
+    #[error("the system random source failed")]
+    Random,
     /// A file exists and `force` was not given.
     #[error("{0} already exists; remove it or pass --force to overwrite it")]
     Exists(String),
@@ -70,6 +73,19 @@ fn random_serial(params: &mut CertificateParams) {
     }
 }
 
+/// The common name `meshctl cert new-ca` gives a CA by default: `meshd mesh CA` and 8
+/// random hex digits. Certificate chains are built by issuer name, so two meshes' CAs with
+/// one name would make a foreign peer certificate look like one of ours with a bad
+/// signature; distinct names keep "not our CA" an unknown issuer.
+pub fn default_ca_name() -> Result<String, CertGenError> {
+    let mut tag = [0u8; 4];
+    crate::keys::fill_random(&mut tag).map_err(|_| CertGenError::Random)?;
+    Ok(format!(
+        "meshd mesh CA {:02x}{:02x}{:02x}{:02x}",
+        tag[0], tag[1], tag[2], tag[3]
+    ))
+}
+
 /// A new self-signed CA allowed to sign peer certificates (path length 0).
 pub fn new_ca(common_name: &str, validity: Validity) -> Result<Issued, CertGenError> {
     let key = KeyPair::generate()?;
@@ -97,10 +113,35 @@ pub fn issue(
     name: &str,
     validity: Validity,
 ) -> Result<Issued, CertGenError> {
+    let params = peer_params(name, validity)?;
+    sign(ca_cert_pem, ca_key_pem, params)
+}
+
+/// Like [`issue`], with the given key usages and extended key usages instead of the
+/// peer ones (an empty list leaves the extension out). For tests: a certificate of the
+/// mesh CA made for another purpose, which meshd must refuse.
+pub fn issue_with_usages(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    name: &str,
+    validity: Validity,
+    key_usages: &[KeyUsagePurpose],
+    extended: &[ExtendedKeyUsagePurpose],
+) -> Result<Issued, CertGenError> {
+    let mut params = peer_params(name, validity)?;
+    params.key_usages = key_usages.to_vec();
+    params.extended_key_usages = extended.to_vec();
+    sign(ca_cert_pem, ca_key_pem, params)
+}
+
+fn sign(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    params: CertificateParams,
+) -> Result<Issued, CertGenError> {
     let ca_key = KeyPair::from_pem(ca_key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, ca_key)?;
     let key = KeyPair::generate()?;
-    let params = peer_params(name, validity)?;
     let cert = params.signed_by(&key, &issuer)?;
     Ok(Issued {
         cert_pem: cert.pem(),

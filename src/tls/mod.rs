@@ -3,9 +3,10 @@
 //! resumption, no tickets, no early data.
 //!
 //! Identity is the certificate's DNS SAN, which must be the peer's name. The verifiers
-//! check chain, dates and key usage; the link layer then checks that the dialer's
-//! certificate names the peer it claims in the preamble ([`check_peer_name`]) and applies
-//! the manifest and allow lists exactly as for the other modes.
+//! ([`verify`]) check chain, dates and key usage (digitalSignature, serverAuth and
+//! clientAuth); the link layer then checks that the dialer's certificate names the peer it
+//! claims in the preamble ([`check_peer_name`]) and applies the manifest and allow lists
+//! exactly as for the other modes.
 //!
 //! Material is loaded and checked as a whole ([`TlsMaterial::load`]) and swapped as a whole
 //! on reload ([`TlsStore`]): new handshakes use the new material, established links keep
@@ -22,12 +23,16 @@ use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, ParsedCertificate, WebPkiClientVerifier};
 use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 
 use crate::config::PeerName;
 
 pub mod certgen;
+pub mod verify;
+
+pub use verify::{check_peer_usage, CertUsage, UsageError};
 
 /// The three files of a host's TLS identity (host config `cert`, `cert_key`, `ca`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,12 +53,24 @@ pub struct TlsLoadError {
     pub field: &'static str,
     /// What is wrong (never the key material itself).
     pub message: String,
+    /// Which kind of problem, for a caller that can say more (where the pins are).
+    pub kind: TlsLoadKind,
+}
+
+/// The kind of a [`TlsLoadError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsLoadKind {
+    /// A file is missing, unreadable, or does not hold a fitting certificate or key.
+    File,
+    /// The `ca` file holds a CA certificate that `ca_fingerprint` does not pin.
+    UnpinnedCa,
 }
 
 fn load_err(field: &'static str, message: impl Into<String>) -> TlsLoadError {
     TlsLoadError {
         field,
         message: message.into(),
+        kind: TlsLoadKind::File,
     }
 }
 
@@ -180,6 +197,23 @@ fn not_after(der: &[u8]) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
+/// The verifier of dialer certificates (acceptor side) and of acceptor certificates
+/// (dialer side): webpki under `roots`, then the mesh usage check.
+type Verifiers = (Arc<dyn ClientCertVerifier>, Arc<dyn ServerCertVerifier>);
+
+fn mesh_verifiers(
+    roots: Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Verifiers, rustls::client::VerifierBuilderError> {
+    let client =
+        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+    let server = WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build()?;
+    Ok((
+        Arc::new(verify::MeshClientVerifier(client)),
+        Arc::new(verify::MeshServerVerifier(server)),
+    ))
+}
+
 impl TlsMaterial {
     /// Loads the three files and checks them together: the key is 0600 and matches the
     /// certificate; every CA certificate matches `pins` when pins are given; and this
@@ -202,14 +236,19 @@ impl TlsMaterial {
         if !pins.is_empty() {
             for fp in &ca_fingerprints {
                 if !pins.contains(fp) {
-                    return Err(load_err(
-                        "ca",
-                        format!(
-                            "{} holds a CA certificate with fingerprint {fp}, which mesh.toml \
-                             does not pin (ca_fingerprint = {pins:?}): wrong CA file?",
-                            files.ca.display()
-                        ),
-                    ));
+                    return Err(TlsLoadError {
+                        kind: TlsLoadKind::UnpinnedCa,
+                        ..load_err(
+                            "ca",
+                            format!(
+                                "{} holds a CA certificate with fingerprint {fp}, which \
+                                 ca_fingerprint in mesh.toml does not pin (it pins {}): wrong \
+                                 CA file, or a new CA not pinned yet?",
+                                files.ca.display(),
+                                pins.join(", ")
+                            ),
+                        )
+                    });
                 }
             }
         }
@@ -226,14 +265,22 @@ impl TlsMaterial {
         let provider = provider();
         let tls13 = [&rustls::version::TLS13];
 
-        let client_verifier =
-            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .build()
-                .map_err(|e| load_err("ca", format!("{}: {e}", files.ca.display())))?;
-        let server_verifier =
-            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .build()
-                .map_err(|e| load_err("ca", format!("{}: {e}", files.ca.display())))?;
+        let (client_verifier, server_verifier) = mesh_verifiers(roots, &provider)
+            .map_err(|e| load_err("ca", format!("{}: {e}", files.ca.display())))?;
+
+        // A certificate made for another purpose is named as such, before the chain checks
+        // (which would report it in rustls's words).
+        if let Err(e) = check_peer_usage(&chain[0]) {
+            return Err(load_err(
+                "cert",
+                format!(
+                    "{}: {e}; a mesh peer certificate needs key usage digitalSignature and \
+                     extended key usages serverAuth and clientAuth, as `meshctl cert issue` \
+                     makes them",
+                    files.cert.display()
+                ),
+            ));
+        }
 
         // Check this host's own certificate the way its peers will, so a wrong file is
         // caught here rather than as failing links.
@@ -280,7 +327,8 @@ impl TlsMaterial {
         let mut client = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&tls13)
             .map_err(|e| load_err("cert", e.to_string()))?
-            .with_webpki_verifier(server_verifier)
+            .dangerous()
+            .with_custom_certificate_verifier(server_verifier)
             .with_client_auth_cert(chain.clone(), key)
             .map_err(|e| {
                 load_err(
@@ -351,6 +399,22 @@ pub fn check_peer_name(cert: &CertificateDer<'_>, claimed: &PeerName) -> Result<
     rustls::client::verify_server_name(&parsed, &name)
 }
 
+/// Every label [`reason`] returns (the acceptor counts each in
+/// `meshd_handshake_failures_total`, created at zero).
+pub const REASONS: &[&str] = &[
+    "cert_expired",
+    "cert_not_yet_valid",
+    "cert_unknown_issuer",
+    "cert_wrong_name",
+    "cert_wrong_usage",
+    "cert_revoked",
+    "cert_invalid",
+    "cert_missing",
+    "tls_alert",
+    "tls_incompatible",
+    "tls",
+];
+
 /// A stable, low-cardinality label for a TLS failure, for logs and metrics.
 pub fn reason(err: &rustls::Error) -> &'static str {
     use rustls::Error as E;
@@ -360,14 +424,18 @@ pub fn reason(err: &rustls::Error) -> &'static str {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 "cert_not_yet_valid"
             }
-            CertificateError::UnknownIssuer => "cert_unknown_issuer",
+            // A signature that does not verify under the CA is a certificate of another
+            // CA that has the same name (webpki picks the issuer by name).
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                "cert_unknown_issuer"
+            }
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 "cert_wrong_name"
             }
-            CertificateError::BadSignature => "cert_bad_signature",
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
                 "cert_wrong_usage"
             }
+            CertificateError::Other(_) if verify::usage_error(err).is_some() => "cert_wrong_usage",
             CertificateError::Revoked => "cert_revoked",
             _ => "cert_invalid",
         },
@@ -378,12 +446,52 @@ pub fn reason(err: &rustls::Error) -> &'static str {
     }
 }
 
+fn purpose_name(p: &rustls::ExtendedKeyPurpose) -> String {
+    match p {
+        rustls::ExtendedKeyPurpose::ServerAuth => "serverAuth".to_owned(),
+        rustls::ExtendedKeyPurpose::ClientAuth => "clientAuth".to_owned(),
+        other => other.to_string(),
+    }
+}
+
 /// A one-line description of a TLS failure for humans.
 pub fn describe(err: &rustls::Error) -> String {
     use rustls::Error as E;
+    if let Some(usage) = verify::usage_error(err) {
+        return usage.to_string();
+    }
     match err {
         E::InvalidCertificate(CertificateError::UnknownIssuer) => {
             "certificate not issued by the mesh CA (unknown issuer, or self-signed)".to_owned()
+        }
+        E::InvalidCertificate(CertificateError::BadSignature) => {
+            "certificate not issued by the mesh CA (signature does not verify under it; \
+             another CA with the same name?)"
+                .to_owned()
+        }
+        E::InvalidCertificate(CertificateError::InvalidPurposeContext {
+            required,
+            presented,
+        }) => {
+            let has: Vec<String> = presented.iter().map(purpose_name).collect();
+            format!(
+                "certificate lacks {} extended key usage (it has {}); a mesh peer is both \
+                 server and client",
+                purpose_name(required),
+                if has.is_empty() {
+                    "none".to_owned()
+                } else {
+                    has.join(", ")
+                }
+            )
+        }
+        E::InvalidCertificate(CertificateError::InvalidPurpose) => {
+            "certificate lacks the extended key usage this side needs (serverAuth or \
+             clientAuth)"
+                .to_owned()
+        }
+        E::PeerIncompatible(why) => {
+            format!("the other side does not speak TLS 1.3 as meshd needs it ({why:?})")
         }
         E::AlertReceived(alert) => {
             format!("the other side refused the handshake (alert {alert:?})")

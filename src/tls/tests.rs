@@ -3,7 +3,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use time::Duration;
 
-use super::certgen::{self, Validity};
+use super::certgen::{self, ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku, Validity};
 use super::*;
 
 struct Dir {
@@ -179,4 +179,202 @@ fn peer_name_check_uses_the_san() {
     check_peer_name(&der, &name("web1")).expect("its own name");
     let err = check_peer_name(&der, &name("ops1")).expect_err("another name");
     assert_eq!(reason(&err), "cert_wrong_name");
+}
+
+/// The usage cases a mesh peer certificate must be refused for, with the words that say
+/// why.
+fn bad_usages() -> Vec<(&'static str, Vec<Ku>, Vec<Eku>, &'static str)> {
+    let both = || vec![Eku::ServerAuth, Eku::ClientAuth];
+    vec![
+        (
+            "no usage extensions at all",
+            vec![],
+            vec![],
+            "no key usage extension",
+        ),
+        (
+            "keyCertSign only",
+            vec![Ku::KeyCertSign],
+            both(),
+            "lacks digitalSignature key usage (it has keyCertSign)",
+        ),
+        (
+            "keyEncipherment only",
+            vec![Ku::KeyEncipherment],
+            both(),
+            "lacks digitalSignature key usage (it has keyEncipherment)",
+        ),
+        (
+            "no extended key usage",
+            vec![Ku::DigitalSignature],
+            vec![],
+            "no extended key usage extension",
+        ),
+        (
+            "serverAuth only",
+            vec![Ku::DigitalSignature],
+            vec![Eku::ServerAuth],
+            "lacks clientAuth extended key usage",
+        ),
+        (
+            "clientAuth only",
+            vec![Ku::DigitalSignature],
+            vec![Eku::ClientAuth],
+            "lacks serverAuth extended key usage",
+        ),
+    ]
+}
+
+fn verifiers_of(d: &Dir) -> Verifiers {
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(d.ca_cert.as_bytes()) {
+        roots.add(ca.expect("ca pem")).expect("root");
+    }
+    mesh_verifiers(Arc::new(roots), &provider()).expect("verifiers")
+}
+
+#[test]
+fn both_verifiers_refuse_every_wrong_key_usage_as_cert_wrong_usage() {
+    let d = Dir::new();
+    let (client, server) = verifiers_of(&d);
+    let now = UnixTime::now();
+    let name = ServerName::try_from("web1").expect("name");
+    for (case, ku, eku, words) in bad_usages() {
+        let issued = certgen::issue_with_usages(
+            &d.ca_cert,
+            &d.ca_key,
+            "web1",
+            Validity::days_from_now(5),
+            &ku,
+            &eku,
+        )
+        .expect("issue");
+        let der = CertificateDer::from(issued.der);
+        // A dialer presenting it to an acceptor.
+        let err = client.verify_client_cert(&der, &[], now).expect_err(case);
+        assert_eq!(reason(&err), "cert_wrong_usage", "{case}: {err:?}");
+        assert!(describe(&err).contains(words), "{case}: {}", describe(&err));
+        // An acceptor presenting it to a dialer.
+        let err = server
+            .verify_server_cert(&der, &[], &name, &[], now)
+            .expect_err(case);
+        assert_eq!(reason(&err), "cert_wrong_usage", "{case}: {err:?}");
+        assert!(describe(&err).contains(words), "{case}: {}", describe(&err));
+    }
+    // The usages meshd issues pass both.
+    let good =
+        certgen::issue(&d.ca_cert, &d.ca_key, "web1", Validity::days_from_now(5)).expect("good");
+    let der = CertificateDer::from(good.der);
+    client.verify_client_cert(&der, &[], now).expect("client");
+    server
+        .verify_server_cert(&der, &[], &name, &[], now)
+        .expect("server");
+}
+
+#[test]
+fn an_own_certificate_with_wrong_usage_is_refused_at_load_with_its_file() {
+    let d = Dir::new();
+    for (case, ku, eku, words) in bad_usages() {
+        let issued = certgen::issue_with_usages(
+            &d.ca_cert,
+            &d.ca_key,
+            "off1",
+            Validity::days_from_now(5),
+            &ku,
+            &eku,
+        )
+        .expect("issue");
+        let files = d.write("off1", &issued);
+        let err = TlsMaterial::load(&files, &name("off1"), &[]).expect_err(case);
+        assert_eq!(err.field, "cert", "{case}");
+        assert!(err.message.contains(words), "{case}: {}", err.message);
+        assert!(
+            err.message.contains(&files.cert.display().to_string()),
+            "{case}: {}",
+            err.message
+        );
+    }
+}
+
+#[test]
+fn usages_are_read_by_their_rfc_names() {
+    let d = Dir::new();
+    let issued =
+        certgen::issue(&d.ca_cert, &d.ca_key, "web1", Validity::days_from_now(5)).expect("issue");
+    let usage = CertUsage::of(&issued.der).expect("usage");
+    assert_eq!(usage.key_usage_text(), "digitalSignature");
+    assert_eq!(usage.extended_text(), "serverAuth, clientAuth");
+    usage.check_peer().expect("a peer certificate");
+    let ca = CertificateDer::from_pem_slice(d.ca_cert.as_bytes()).expect("ca");
+    let usage = CertUsage::of(&ca).expect("ca usage");
+    assert_eq!(usage.key_usage_text(), "keyCertSign, cRLSign");
+    assert_eq!(usage.extended_text(), "(no extension)");
+    assert_eq!(
+        usage.check_peer(),
+        Err(UsageError::NoDigitalSignature {
+            has: "keyCertSign, cRLSign".into()
+        })
+    );
+}
+
+#[test]
+fn a_foreign_ca_of_the_same_name_is_an_unknown_issuer() {
+    let d = Dir::new();
+    let (client, server) = verifiers_of(&d);
+    // Same common name as the mesh CA ("test CA"), another key.
+    let twin = certgen::new_ca("test CA", Validity::days_from_now(5)).expect("twin");
+    let issued = certgen::issue(
+        &twin.cert_pem,
+        &twin.key_pem,
+        "web1",
+        Validity::days_from_now(5),
+    )
+    .expect("issue");
+    let der = CertificateDer::from(issued.der);
+    let err = client
+        .verify_client_cert(&der, &[], UnixTime::now())
+        .expect_err("twin CA");
+    assert_eq!(reason(&err), "cert_unknown_issuer", "{err:?}");
+    assert!(
+        describe(&err).contains("not issued by the mesh CA (signature does not verify under it"),
+        "{}",
+        describe(&err)
+    );
+    let name = ServerName::try_from("web1").expect("name");
+    let err = server
+        .verify_server_cert(&der, &[], &name, &[], UnixTime::now())
+        .expect_err("twin CA");
+    assert_eq!(reason(&err), "cert_unknown_issuer", "{err:?}");
+}
+
+#[test]
+fn every_reason_is_listed() {
+    use rustls::{AlertDescription, PeerIncompatible};
+    let errors = [
+        rustls::Error::InvalidCertificate(CertificateError::Expired),
+        rustls::Error::InvalidCertificate(CertificateError::NotValidYet),
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+        rustls::Error::InvalidCertificate(CertificateError::BadSignature),
+        rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+        rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose),
+        rustls::Error::InvalidCertificate(CertificateError::Revoked),
+        rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
+        rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+            UsageError::NoKeyUsage,
+        )))),
+        rustls::Error::NoCertificatesPresented,
+        rustls::Error::AlertReceived(AlertDescription::BadCertificate),
+        rustls::Error::PeerIncompatible(PeerIncompatible::SupportedVersionsExtensionRequired),
+        rustls::Error::DecryptError,
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for e in &errors {
+        assert!(REASONS.contains(&reason(e)), "{e:?} -> {}", reason(e));
+        seen.insert(reason(e));
+    }
+    assert_eq!(
+        seen.len(),
+        REASONS.len(),
+        "a listed reason no error produces"
+    );
 }

@@ -5,7 +5,7 @@
 //!   mesh.toml;
 //! - `issue NAME` writes `NAME.crt` and `NAME.key` (0600) signed by that CA: DNS SAN = NAME,
 //!   server and client usage;
-//! - `show FILE` prints what a certificate says (names, dates, fingerprint).
+//! - `show FILE` prints what a certificate says (names, dates, key usages, fingerprint).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -23,9 +23,10 @@ pub enum CertCommand {
         /// Where to write ca.crt and ca.key.
         #[arg(long, value_name = "DIR")]
         out_dir: PathBuf,
-        /// The CA's common name.
-        #[arg(long, value_name = "CN", default_value = "meshd mesh CA")]
-        name: String,
+        /// The CA's common name (default: "meshd mesh CA" and 8 random hex digits, so
+        /// that two meshes' CAs never share a name).
+        #[arg(long, value_name = "CN")]
+        name: Option<String>,
         /// Validity in days.
         #[arg(long, value_name = "N", default_value_t = 3650)]
         days: i64,
@@ -51,7 +52,8 @@ pub enum CertCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Print a certificate's subject, DNS names, validity, issuer and SHA-256 fingerprint.
+    /// Print a certificate's subject, DNS names, validity, issuer, key usage and extended
+    /// key usage, and SHA-256 fingerprint.
     Show {
         /// A PEM certificate file (several certificates are all shown).
         file: PathBuf,
@@ -65,7 +67,13 @@ pub fn run(cmd: CertCommand) -> anyhow::Result<ExitCode> {
             name,
             days,
             force,
-        } => new_ca(&out_dir, &name, days, force),
+        } => {
+            let name = match name {
+                Some(n) => n,
+                None => certgen::default_ca_name()?,
+            };
+            new_ca(&out_dir, &name, days, force)
+        }
         CertCommand::Issue {
             name,
             ca_dir,
@@ -136,11 +144,14 @@ fn issue(
         meshd::tls::fingerprint(&issued.der),
         key.display()
     );
+    // meshd.toml resolves relative paths against its own directory, not where this ran.
+    let absolute =
+        |p: &Path| std::path::absolute(p).with_context(|| format!("resolving {}", p.display()));
     println!(
         "on host {name}, in meshd.toml:\n\ncert = \"{}\"\ncert_key = \"{}\"\nca = \"{}\"",
-        crt.display(),
-        key.display(),
-        ca_dir.join("ca.crt").display()
+        absolute(&crt)?.display(),
+        absolute(&key)?.display(),
+        absolute(&ca_dir.join("ca.crt"))?.display()
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -190,6 +201,10 @@ fn show(file: &Path) -> anyhow::Result<ExitCode> {
             }
         );
         println!("ca:          {}", if is_ca { "yes" } else { "no" });
+        let usage =
+            meshd::tls::CertUsage::of(der).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+        println!("key usage:   {}", usage.key_usage_text());
+        println!("ext usage:   {}", usage.extended_text());
         println!("not before:  {}", validity.not_before);
         println!("not after:   {}", validity.not_after);
         println!("fingerprint: {}", meshd::tls::fingerprint(der));
