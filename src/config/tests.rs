@@ -635,7 +635,7 @@ fn busy_poll_us_defaults_and_range() {
     let f = Fixture::new();
     let path = host_fixture(&f, "");
     let c = load_config(&path).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.host.busy_poll, Duration::from_micros(100));
+    assert_eq!(c.host.busy_poll, Duration::from_micros(200));
     let path = host_fixture(&f, "busy_poll_us = 0\n");
     let c = load_config(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.host.busy_poll, Duration::ZERO);
