@@ -140,10 +140,10 @@ pub struct Limits {
     /// Initial per-stream receive window in bytes (`stream_window`, default 256 KiB).
     pub stream_window: u32,
     /// Largest a stream's receive window may grow to when the window, not the reader,
-    /// limits it (`max_stream_window`, default 2 MiB; equal to `stream_window` = no growth).
+    /// limits it (`max_stream_window`, default 4 MiB; equal to `stream_window` = no growth).
     pub max_stream_window: u32,
     /// How much the windows of one link's streams may grow beyond `stream_window` in all
-    /// (`max_link_window_growth`, default 1 MiB; 0 = no growth).
+    /// (`max_link_window_growth`, default 4 MiB; 0 = no growth).
     pub max_link_window_growth: u32,
     /// Streams open at once on one link (`max_streams`, default 1024).
     pub max_streams: usize,
@@ -166,8 +166,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             stream_window: 256 * 1024,
-            max_stream_window: 2 * 1024 * 1024,
-            max_link_window_growth: 1024 * 1024,
+            max_stream_window: 4 * 1024 * 1024,
+            max_link_window_growth: 4 * 1024 * 1024,
             max_streams: 1024,
             ping_interval: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(5),

@@ -196,14 +196,14 @@ fn limits_are_read_and_range_checked() {
     let l = f.manifest().expect("valid").mesh.limits;
     assert_eq!(
         (l.max_stream_window, l.max_link_window_growth),
-        (2 << 20, 1 << 20)
+        (4 << 20, 4 << 20)
     );
     f.write(
         "peers/mesh.toml",
         "mesh_id = \"example\"\n[limits]\nstream_window = 1048576\nmax_link_window_growth = 0\n",
     );
     let l = f.manifest().expect("valid").mesh.limits;
-    assert_eq!(l.max_stream_window, 2 << 20);
+    assert_eq!(l.max_stream_window, 4 << 20);
     assert_eq!(l.max_link_window_growth, 0);
     f.write(
         "peers/mesh.toml",
