@@ -15,6 +15,7 @@ use crate::config::{PeerName, ServiceName};
 use crate::proto::frame::{OpenError, ResetCode, StreamId};
 use crate::proto::handshake::{HandshakeError, RecordError};
 use crate::proto::mux::MuxError;
+use crate::proto::tls_record::TlsRecordError;
 
 mod accept;
 mod backoff;
@@ -48,9 +49,13 @@ pub enum LinkError {
     /// The peer broke the stream protocol, or stopped answering pings.
     #[error("protocol: {0}")]
     Protocol(#[from] MuxError),
-    /// The TLS record layer failed (bad record, alert from the peer).
+    /// rustls failed after the handshake, handing over its keys.
     #[error("tls: {0}")]
     Tls(rustls::Error),
+    /// The TLS record layer of an established link failed (bad record, an alert or a
+    /// post-handshake message from the peer). A close_notify is [`LinkError::Closed`].
+    #[error("tls record layer: {0}")]
+    TlsRecord(TlsRecordError),
     /// A record length prefix was out of bounds.
     #[error("record length {0} out of bounds")]
     RecordLength(usize),
@@ -76,10 +81,21 @@ impl LinkError {
             LinkError::Protocol(MuxError::Dead { .. }) => "ping_timeout",
             LinkError::Protocol(_) => "protocol",
             LinkError::Tls(e) => crate::tls::reason(e),
+            LinkError::TlsRecord(e) => e.reason(),
             LinkError::RecordLength(_) => "oversized",
             LinkError::Cancelled => "cancelled",
             LinkError::Drained => "drained",
             LinkError::Unreachable(_) => "unreachable",
+        }
+    }
+}
+
+impl From<TlsRecordError> for LinkError {
+    fn from(err: TlsRecordError) -> Self {
+        match err {
+            TlsRecordError::CloseNotify => LinkError::Closed,
+            TlsRecordError::MuxRecordLength(len) => LinkError::RecordLength(len),
+            other => LinkError::TlsRecord(other),
         }
     }
 }

@@ -1,6 +1,8 @@
-//! The link protocol, sans I/O: frames, the stream multiplexer, and handshakes. Nothing here
-//! touches a socket or reads a clock; callers pass `now` in.
+//! The link protocol, sans I/O: frames, the stream multiplexer, handshakes, and the TLS
+//! record layer of established `tls` links. Nothing here touches a socket or reads a
+//! clock; callers pass `now` in.
 
 pub mod frame;
 pub mod handshake;
 pub mod mux;
+pub mod tls_record;

@@ -323,6 +323,9 @@ impl TlsMaterial {
         server.send_tls13_tickets = 0;
         server.session_storage = Arc::new(NoServerSessionStorage {});
         server.max_early_data_size = 0;
+        // An established link's records run in our own record layer
+        // (proto::tls_record), with the keys taken out of rustls after the handshake.
+        server.enable_secret_extraction = true;
 
         let mut client = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&tls13)
@@ -343,6 +346,7 @@ impl TlsMaterial {
             })?;
         client.resumption = Resumption::disabled();
         client.enable_early_data = false;
+        client.enable_secret_extraction = true;
 
         Ok(Self {
             client: Arc::new(client),
