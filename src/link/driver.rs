@@ -23,6 +23,7 @@ use crate::config::{Limits, PeerName};
 use crate::proto::frame::{OpenError, ResetCode, StreamId};
 use crate::proto::handshake::{Session, MAX_RECORD_PLAINTEXT, TAG_LEN};
 use crate::proto::mux::{Event, Mux, MuxConfig, Role};
+use crate::proto::tls_record::{self, TlsRecords};
 
 /// Encrypted bytes queued for the socket before the driver stops pulling from the mux.
 const WRITE_HIGH_WATER: usize = 512 * 1024;
@@ -65,14 +66,15 @@ pub trait Exits: Send + Sync + 'static {
     fn open(&self, peer: &PeerName, service: &str, stream: StreamHandle) -> Result<(), OpenError>;
 }
 
-/// The mux settings of a link from the mesh limits.
-pub(crate) fn mux_config(limits: &Limits) -> MuxConfig {
+/// The mux settings of a link from the mesh limits; `max_record` is its record layer's
+/// largest mux record.
+pub(crate) fn mux_config(limits: &Limits, max_record: usize) -> MuxConfig {
     MuxConfig {
         window: limits.stream_window,
         max_window: limits.max_stream_window,
         window_budget: u64::from(limits.max_link_window_growth),
         max_streams: limits.max_streams,
-        max_record: MAX_RECORD_PLAINTEXT,
+        max_record,
         ping_interval: limits.ping_interval,
         dead_after: 3,
     }
@@ -124,9 +126,14 @@ impl Driver {
             Direction::Dialer => Role::Dialer,
             Direction::Acceptor => Role::Acceptor,
         };
+        let max_record = match &transport {
+            Transport::Noise(_) => MAX_RECORD_PLAINTEXT,
+            // One mux record per TLS record (see tls_record::MAX_MUX_RECORD).
+            Transport::Tls(_) => tls_record::MAX_MUX_RECORD,
+        };
         Self {
             peer,
-            mux: Mux::new(role, mux_config(limits), Instant::now()),
+            mux: Mux::new(role, mux_config(limits, max_record), Instant::now()),
             transport,
             streams: HashMap::new(),
             cmds_tx,
@@ -204,8 +211,7 @@ impl Driver {
                     self.mux.go_away(0);
                     let _ = self.fill_write_buffer();
                     if let Transport::Tls(tls) = &mut self.transport {
-                        tls.close();
-                        let _ = tls.flush_into(&mut self.wbuf);
+                        let _ = tls.close(&mut self.wbuf);
                     }
                     let flush = wr.write_all(&self.wbuf[self.wpos..]);
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), flush).await;
@@ -275,13 +281,14 @@ impl Driver {
                 }
             }
             Transport::Tls(tls) => {
-                // Alerts or key updates rustls queued while reading go out first.
-                tls.flush_into(&mut self.wbuf)?;
                 while self.wbuf.len() - self.wpos < WRITE_HIGH_WATER {
-                    if !self.mux.poll_transmit(tls.begin_record()) {
+                    // The same, one TLS record per mux record.
+                    let start = TlsRecords::begin_record(&mut self.wbuf);
+                    if !self.mux.poll_transmit(&mut self.wbuf) {
+                        self.wbuf.truncate(start);
                         break;
                     }
-                    tls.seal_record(&mut self.wbuf)?;
+                    tls.seal_record(&mut self.wbuf, start)?;
                 }
             }
         }
@@ -291,20 +298,14 @@ impl Driver {
     /// Decrypts every whole record in the read buffer and feeds it to the mux.
     fn on_readable(&mut self) -> Result<(), LinkError> {
         let now = Instant::now();
-        if let Transport::Tls(tls) = &mut self.transport {
-            tls.absorb(&self.rbuf)?;
-            self.rbuf.clear();
-            loop {
-                let record = match &mut self.transport {
-                    Transport::Tls(tls) => tls.next_record()?,
-                    Transport::Noise(_) => None,
-                };
-                let Some(record) = record else {
-                    return Ok(());
-                };
-                self.mux.handle_record(record.freeze(), now)?;
-                self.dispatch_events();
-            }
+        while let Transport::Tls(tls) = &mut self.transport {
+            // Opened inside the read buffer; a mux record within one TLS record (every one
+            // this code sends) goes to the mux without a copy.
+            let Some(record) = tls.next_record(&mut self.rbuf)? else {
+                return Ok(());
+            };
+            self.mux.handle_record(record, now)?;
+            self.dispatch_events();
         }
         while self.rbuf.len() >= 2 {
             let Transport::Noise(session) = &mut self.transport else {

@@ -1,137 +1,54 @@
 //! The record layer under a link's multiplexer, per auth mode. Both carry the same mux
-//! records, each `u16 length ‖ frames`:
+//! records, each `u16 length ‖ frames`, sealed in place in the socket buffer and opened in
+//! place in the read buffer:
 //!
-//! - `noise` / `psk`: the length counts the AEAD ciphertext, and the frames are sealed in
-//!   place in the socket buffer ([`Session`]);
-//! - `tls`: the length counts the plaintext frames, and the whole byte stream runs through
-//!   a rustls connection, driven sans-IO so the driver keeps its single `select!` over one
-//!   plain socket. rustls splits a 64 KiB mux record into four TLS records.
+//! - `noise` / `psk`: the length counts the AEAD ciphertext, one Noise message per record
+//!   ([`Session`]);
+//! - `tls`: the length counts the plaintext frames, one TLS 1.3 record per mux record, run
+//!   by our own record layer with the keys rustls negotiated ([`TlsRecords`]).
 //!
-//! Also here: the TLS handshakes (dial and accept), which run through tokio-rustls and then
-//! hand the finished rustls connection to the driver. In TLS 1.3 the client's handshake
-//! ends before the server has checked the client's certificate, so the acceptor confirms a
-//! link with a first record at once (a mux PING, [`mux::encode_greeting`]) and the dialer
-//! calls a link up only once it has decrypted that record: a refusal is then a failed dial
-//! (`cert_refused_by_peer`), not a link that comes up and dies.
+//! Also here: the TLS handshakes (dial and accept), which run through tokio-rustls; then
+//! the traffic keys are taken out of rustls and rustls is done. In TLS 1.3 the client's
+//! handshake ends before the server has checked the client's certificate, so the acceptor
+//! confirms a link with a first record at once (a mux PING, [`mux::encode_greeting`]) and
+//! the dialer calls a link up only once it has decrypted that record: a refusal is then a
+//! failed dial (`cert_refused_by_peer`), not a link that comes up and dies.
 
-use std::io::{Read, Write};
+use std::io::Read;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Bytes, BytesMut};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::LinkError;
 use crate::config::{AuthMode, PeerName};
-use crate::proto::handshake::{HandshakeError, Preamble, Session, MAX_RECORD_PLAINTEXT};
+use crate::proto::handshake::{HandshakeError, Preamble, Session};
 use crate::proto::mux;
+use crate::proto::tls_record::{RecordLayer, TlsRecordError, TlsRecords, HEADER_LEN};
 use crate::tls::{self, TlsMaterial};
 
-/// The record layer of one link. One lives in each link's driver, so the size gap between
-/// the variants costs nothing worth a pointer chase on every record.
-#[allow(clippy::large_enum_variant)]
+/// The record layer of one link.
 pub(crate) enum Transport {
     /// A Noise session (`noise`, `psk`).
     Noise(Session),
-    /// A TLS 1.3 connection (`tls`).
+    /// TLS 1.3 records (`tls`).
     Tls(TlsRecords),
 }
 
-/// A finished rustls connection and the buffers around it.
-pub(crate) struct TlsRecords {
-    conn: rustls::Connection,
-    /// Decrypted bytes not yet a whole mux record.
-    plain_in: BytesMut,
-    /// The mux record being built before rustls encrypts it.
-    plain_out: Vec<u8>,
-}
-
-impl TlsRecords {
-    fn new(conn: rustls::Connection) -> Self {
-        let mut conn = conn;
-        // The driver bounds what it queues itself (WRITE_HIGH_WATER); rustls's own limit
-        // would make a write return short.
-        conn.set_buffer_limit(None);
-        Self {
-            conn,
-            plain_in: BytesMut::with_capacity(2 * MAX_RECORD_PLAINTEXT),
-            plain_out: Vec::with_capacity(MAX_RECORD_PLAINTEXT + 2),
-        }
-    }
-
-    /// Moves every TLS record rustls has ready into `wbuf`.
-    pub(crate) fn flush_into(&mut self, wbuf: &mut Vec<u8>) -> Result<(), LinkError> {
-        while self.conn.wants_write() {
-            self.conn.write_tls(wbuf)?;
-        }
-        Ok(())
-    }
-
-    /// Starts a mux record; the frames follow in the returned buffer.
-    pub(crate) fn begin_record(&mut self) -> &mut Vec<u8> {
-        self.plain_out.clear();
-        self.plain_out.extend_from_slice(&[0, 0]);
-        &mut self.plain_out
-    }
-
-    /// Encrypts the record started by `begin_record` into `wbuf`.
-    pub(crate) fn seal_record(&mut self, wbuf: &mut Vec<u8>) -> Result<(), LinkError> {
-        let len = self.plain_out.len() - 2;
-        if len == 0 || len > MAX_RECORD_PLAINTEXT {
-            return Err(LinkError::RecordLength(len));
-        }
-        self.plain_out[..2].copy_from_slice(&(len as u16).to_be_bytes());
-        self.conn.writer().write_all(&self.plain_out)?;
-        self.flush_into(wbuf)
-    }
-
-    /// Feeds received TLS bytes to rustls; decrypted bytes collect in the plaintext buffer.
-    pub(crate) fn absorb(&mut self, mut input: &[u8]) -> Result<(), LinkError> {
-        loop {
-            let state = self.conn.process_new_packets().map_err(LinkError::Tls)?;
-            let n = state.plaintext_bytes_to_read();
-            if n > 0 {
-                let start = self.plain_in.len();
-                self.plain_in.resize(start + n, 0);
-                self.conn.reader().read_exact(&mut self.plain_in[start..])?;
-            }
-            if input.is_empty() {
-                return Ok(());
-            }
-            if self.conn.read_tls(&mut input)? == 0 {
-                return Err(LinkError::Io(std::io::Error::other(
-                    "tls: input not consumed",
-                )));
-            }
-        }
-    }
-
-    /// The next whole mux record received, if any.
-    pub(crate) fn next_record(&mut self) -> Result<Option<BytesMut>, LinkError> {
-        if self.plain_in.len() < 2 {
-            return Ok(None);
-        }
-        let len = u16::from_be_bytes([self.plain_in[0], self.plain_in[1]]) as usize;
-        if len == 0 || len > MAX_RECORD_PLAINTEXT {
-            return Err(LinkError::RecordLength(len));
-        }
-        if self.plain_in.len() < 2 + len {
-            return Ok(None);
-        }
-        let mut record = self.plain_in.split_to(2 + len);
-        record.advance(2);
-        Ok(Some(record))
-    }
-
-    /// Whether decrypted bytes wait for the driver.
-    fn has_plaintext(&self) -> bool {
-        !self.plain_in.is_empty()
-    }
-
-    /// Queues a close_notify alert.
-    pub(crate) fn close(&mut self) {
-        self.conn.send_close_notify();
-    }
+/// Ends rustls's part of a finished handshake: takes its traffic keys and sequence numbers
+/// for our record layer, with any application data rustls already decrypted. A meshd
+/// dialer sends nothing before the acceptor's greeting and the acceptor sends nothing
+/// before its greeting, so normally there is none; rustls cannot hand back part of a record
+/// it has buffered, so a peer that sends early may lose the link on its next record.
+fn into_records(conn: rustls::Connection) -> Result<TlsRecords, LinkError> {
+    let mut conn = conn;
+    let state = conn.process_new_packets().map_err(LinkError::Tls)?;
+    let mut received = vec![0; state.plaintext_bytes_to_read()];
+    conn.reader().read_exact(&mut received)?;
+    let secrets = conn.dangerous_extract_secrets().map_err(LinkError::Tls)?;
+    let layer = RecordLayer::from_secrets(secrets)?;
+    Ok(TlsRecords::new(layer, Bytes::from(received)))
 }
 
 /// What a finished TLS handshake gives the link.
@@ -198,7 +115,7 @@ pub(crate) async fn dial(
     let (mut socket, conn) = stream.into_inner();
     let peer_cert = peer_cert_fingerprint(conn.peer_certificates());
     let cipher = cipher_name(conn.negotiated_cipher_suite());
-    let mut records = TlsRecords::new(conn.into());
+    let mut records = into_records(conn.into()).map_err(|e| confirmation_error(e, peer))?;
     await_confirmation(&mut socket, &mut records, peer).await?;
     Ok(TlsLink {
         socket,
@@ -208,15 +125,10 @@ pub(crate) async fn dial(
     })
 }
 
-/// Dialer, after its side of the handshake: reads until the acceptor's first record has
-/// been decrypted (it stays in `records` for the driver). An alert or a close instead means
-/// the acceptor refused this host's certificate or the name it claims. The caller's
-/// handshake deadline bounds the wait.
-async fn await_confirmation(
-    socket: &mut TcpStream,
-    records: &mut TlsRecords,
-    peer: &PeerName,
-) -> Result<(), LinkError> {
+/// A failure while the dialer waits for the acceptor's confirmation, in handshake terms:
+/// an alert or a close means the acceptor refused this host's certificate or the name it
+/// claims.
+fn confirmation_error(err: LinkError, peer: &PeerName) -> LinkError {
     let refused = |detail: String| {
         LinkError::Handshake(HandshakeError::Tls {
             peer: peer.to_string(),
@@ -224,31 +136,59 @@ async fn await_confirmation(
             detail,
         })
     };
-    let absorb_err = |e: LinkError| match e {
-        LinkError::Tls(rustls::Error::AlertReceived(alert)) => refused(format!(
-            "{peer} refused this host's certificate after the handshake (alert {alert:?}); \
-             its log says why"
-        )),
+    let unconfirmed = || {
+        refused(format!(
+            "{peer} closed the connection after the handshake without confirming the link: \
+             it refused this host's certificate or the name it claims (its log says why)"
+        ))
+    };
+    let alert = |alert: String| {
+        refused(format!(
+            "{peer} refused this host's certificate after the handshake (alert {alert}); its \
+             log says why"
+        ))
+    };
+    match err {
+        LinkError::Tls(rustls::Error::AlertReceived(a)) => alert(format!("{a:?}")),
+        LinkError::TlsRecord(TlsRecordError::Alert(a)) => alert(format!("{a:?}")),
+        LinkError::Closed => unconfirmed(),
+        LinkError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => unconfirmed(),
         LinkError::Tls(e) => LinkError::Handshake(HandshakeError::Tls {
             peer: peer.to_string(),
             reason: tls::reason(&e),
             detail: tls::describe(&e),
         }),
+        LinkError::TlsRecord(e) => LinkError::Handshake(HandshakeError::Tls {
+            peer: peer.to_string(),
+            reason: "tls",
+            detail: e.to_string(),
+        }),
         other => other,
-    };
-    let mut buf = [0u8; 4096];
-    // rustls may already hold records that came with the end of the handshake.
-    records.absorb(&[]).map_err(absorb_err)?;
+    }
+}
+
+/// Dialer, after its side of the handshake: reads records until the acceptor's first
+/// application data has been decrypted (it stays in `records` for the driver). It reads
+/// whole records only, so no byte after them waits in a buffer the driver does not see.
+/// The caller's handshake deadline bounds the wait.
+async fn await_confirmation(
+    socket: &mut TcpStream,
+    records: &mut TlsRecords,
+    peer: &PeerName,
+) -> Result<(), LinkError> {
+    let mut record = BytesMut::new();
     while !records.has_plaintext() {
-        let n = socket.read(&mut buf).await?;
-        if n == 0 {
-            return Err(refused(format!(
-                "{peer} closed the connection after the handshake without confirming the \
-                 link: it refused this host's certificate or the name it claims (its log \
-                 says why)"
-            )));
-        }
-        records.absorb(&buf[..n]).map_err(absorb_err)?;
+        record.clear();
+        record.resize(HEADER_LEN, 0);
+        let step = async {
+            socket.read_exact(&mut record).await?;
+            let len = RecordLayer::record_len(&record)?.unwrap_or(HEADER_LEN);
+            record.resize(len, 0);
+            socket.read_exact(&mut record[HEADER_LEN..]).await?;
+            records.open_until_data(&mut record)?;
+            Ok::<(), LinkError>(())
+        };
+        step.await.map_err(|e| confirmation_error(e, peer))?;
     }
     Ok(())
 }
@@ -288,10 +228,11 @@ pub(crate) async fn accept(
     let peer_cert = tls::fingerprint(cert);
     let cipher = cipher_name(conn.negotiated_cipher_suite());
     // Everything is checked: confirm the link to the dialer now (see the module doc).
-    let mut records = TlsRecords::new(conn.into());
-    mux::encode_greeting(records.begin_record());
+    let mut records = into_records(conn.into())?;
     let mut greeting = Vec::new();
-    records.seal_record(&mut greeting)?;
+    let start = TlsRecords::begin_record(&mut greeting);
+    mux::encode_greeting(&mut greeting);
+    records.seal_record(&mut greeting, start)?;
     socket.write_all(&greeting).await?;
     Ok(TlsLink {
         socket,
