@@ -14,7 +14,8 @@
 //!   sides have half-closed, or resets the local socket when the stream is aborted;
 //! - `admin` counts the link, stream and bytes along the way and serves them as
 //!   `/metrics`, `/healthz` and `/status`;
-//! - `tls` loads the certificates of `auth = "tls"` links (rustls, ring provider);
+//! - `tls` loads the certificates of `auth = "tls"` links (rustls, ring provider), and
+//!   `proto::tls_record` runs their TLS records once rustls has finished the handshake;
 //! - `busy_poll` keeps the runtime thread awake for a moment after small messages, so a
 //!   reply finds it polling instead of asleep;
 //! - `daemon` wires these together and drains them on shutdown.
