@@ -554,9 +554,9 @@ async fn echo_line(s: &mut TcpStream, line: &[u8]) {
     assert_eq!(back, line, "the open stream corrupted a line");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificate_rotation_by_sighup_keeps_open_streams_and_reaches_the_next_link() {
-    let echo = EchoServer::start().await;
+/// A tls mesh where b forwards to a's echo service, both running and the link up; returns
+/// it with b's certificate file and that certificate's fingerprint.
+async fn tls_echo_link_up(echo: &EchoServer) -> (TestMesh, std::path::PathBuf, String) {
     let mut mesh = TestMesh::builder()
         .auth("tls")
         .tls()
@@ -573,6 +573,13 @@ async fn certificate_rotation_by_sighup_keeps_open_streams_and_reaches_the_next_
         LINK_UP,
     )
     .await;
+    (mesh, b_cert, old_fp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_by_sighup_keeps_open_streams_and_reaches_the_next_link() {
+    let echo = EchoServer::start().await;
+    let (mut mesh, b_cert, old_fp) = tls_echo_link_up(&echo).await;
 
     let mut open = TcpStream::connect(mesh.forward_addr("b", "a/echo"))
         .await
@@ -911,22 +918,7 @@ async fn a_tls_1_2_only_client_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_certificate_file_fails_the_reload_and_the_old_one_keeps_serving() {
     let echo = EchoServer::start().await;
-    let mut mesh = TestMesh::builder()
-        .auth("tls")
-        .tls()
-        .service("a", "echo", echo.addr(), &["b"])
-        .forward("b", "a/echo")
-        .build();
-    mesh.start("a");
-    mesh.start("b");
-    let (b_cert, _) = mesh.cert_paths("b");
-    let old_fp = fingerprint_of(&b_cert);
-    mesh.wait_for_log_line(
-        "a",
-        &["link up", "peer=b", &format!("peer_cert={old_fp}")],
-        LINK_UP,
-    )
-    .await;
+    let (mut mesh, b_cert, old_fp) = tls_echo_link_up(&echo).await;
 
     std::fs::remove_file(&b_cert).expect("remove b's certificate");
     sighup(&mut mesh, "b");
