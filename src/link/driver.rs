@@ -21,9 +21,9 @@ use super::{Cmd, LinkError, OpenFailure, StreamEvent, StreamHandle};
 use crate::admin::RttObserver;
 use crate::config::{Limits, PeerName};
 use crate::proto::frame::{OpenError, ResetCode, StreamId};
-use crate::proto::handshake::{Session, MAX_RECORD_PLAINTEXT, TAG_LEN};
+use crate::proto::handshake::{MAX_RECORD_PLAINTEXT, TAG_LEN};
 use crate::proto::mux::{Event, Mux, MuxConfig, Role};
-use crate::proto::tls_record::{self, TlsRecords};
+use crate::proto::tls_record;
 
 /// Encrypted bytes queued for the socket before the driver stops pulling from the mux.
 const WRITE_HIGH_WATER: usize = 512 * 1024;
@@ -267,30 +267,15 @@ impl Driver {
             self.wbuf.drain(..self.wpos);
             self.wpos = 0;
         }
-        match &mut self.transport {
-            Transport::Noise(session) => {
-                while self.wbuf.len() - self.wpos < WRITE_HIGH_WATER {
-                    // Frames are written straight into the socket buffer and sealed where
-                    // they lie.
-                    let start = Session::begin_record(&mut self.wbuf);
-                    if !self.mux.poll_transmit(&mut self.wbuf) {
-                        self.wbuf.truncate(start);
-                        break;
-                    }
-                    session.seal_record(&mut self.wbuf, start)?;
-                }
+        while self.wbuf.len() - self.wpos < WRITE_HIGH_WATER {
+            // Frames are written straight into the socket buffer and sealed where they lie
+            // (on tls links, one TLS record per mux record).
+            let start = self.transport.begin_record(&mut self.wbuf);
+            if !self.mux.poll_transmit(&mut self.wbuf) {
+                self.wbuf.truncate(start);
+                break;
             }
-            Transport::Tls(tls) => {
-                while self.wbuf.len() - self.wpos < WRITE_HIGH_WATER {
-                    // The same, one TLS record per mux record.
-                    let start = TlsRecords::begin_record(&mut self.wbuf);
-                    if !self.mux.poll_transmit(&mut self.wbuf) {
-                        self.wbuf.truncate(start);
-                        break;
-                    }
-                    tls.seal_record(&mut self.wbuf, start)?;
-                }
-            }
+            self.transport.seal_record(&mut self.wbuf, start)?;
         }
         Ok(())
     }

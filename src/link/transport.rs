@@ -36,6 +36,25 @@ pub(crate) enum Transport {
     Tls(TlsRecords),
 }
 
+impl Transport {
+    /// Starts a record at the end of `buf`; the mux frames follow, then [`Self::seal_record`].
+    pub(crate) fn begin_record(&self, buf: &mut Vec<u8>) -> usize {
+        match self {
+            Transport::Noise(_) => Session::begin_record(buf),
+            Transport::Tls(_) => TlsRecords::begin_record(buf),
+        }
+    }
+
+    /// Seals the record begun at `start` where it lies in `buf`.
+    pub(crate) fn seal_record(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<(), LinkError> {
+        match self {
+            Transport::Noise(session) => session.seal_record(buf, start)?,
+            Transport::Tls(tls) => tls.seal_record(buf, start)?,
+        }
+        Ok(())
+    }
+}
+
 /// Ends rustls's part of a finished handshake: takes its traffic keys and sequence numbers
 /// for our record layer, with any application data rustls already decrypted. A meshd
 /// dialer sends nothing before the acceptor's greeting and the acceptor sends nothing
