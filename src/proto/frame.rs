@@ -231,6 +231,16 @@ pub fn encode_data_header(out: &mut Vec<u8>, stream: StreamId, len: u16) {
     write_header(out, T_DATA, stream, len);
 }
 
+/// The header of a DATA frame carrying `len` bytes, for writing in front of a payload that
+/// already lies in place (see [`super::chunk`]).
+pub fn data_header(stream: StreamId, len: u16) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0] = T_DATA;
+    h[1..9].copy_from_slice(&stream.to_be_bytes());
+    h[9..].copy_from_slice(&len.to_be_bytes());
+    h
+}
+
 fn malformed(kind: &'static str, why: &'static str) -> FrameError {
     FrameError::Malformed { kind, why }
 }

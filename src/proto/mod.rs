@@ -2,6 +2,7 @@
 //! record layer of established `tls` links. Nothing here touches a socket or reads a
 //! clock; callers pass `now` in.
 
+pub mod chunk;
 pub mod frame;
 pub mod handshake;
 pub mod mux;

@@ -134,6 +134,9 @@ pub enum TlsRecordError {
     /// A mux record length prefix that is zero or too large.
     #[error("mux record length {0} out of bounds")]
     MuxRecordLength(usize),
+    /// A buffer to seal in place without room for the header or tag (a caller bug).
+    #[error("no room around the record to seal it in place")]
+    NoRoom,
 }
 
 fn handshake_name(typ: Option<u8>) -> String {
@@ -293,6 +296,44 @@ impl RecordLayer {
         }
     }
 
+    /// Seals `buf[content]` (at most 2^14 bytes) as one record where it lies: the header
+    /// goes into the 5 bytes before it, the content type and the tag into the 17 after it;
+    /// returns the record's range. Both must lie inside `buf`.
+    pub fn seal_slice(
+        &mut self,
+        buf: &mut [u8],
+        content: std::ops::Range<usize>,
+        content_type: u8,
+    ) -> Result<std::ops::Range<usize>, TlsRecordError> {
+        let len = content.len();
+        if len > MAX_CONTENT {
+            return Err(TlsRecordError::ContentTooLarge(len));
+        }
+        if content.start < HEADER_LEN || buf.len().saturating_sub(content.end) < 1 + TAG_LEN {
+            return Err(TlsRecordError::NoRoom);
+        }
+        let nonce = self.send.next_nonce()?;
+        let [hi, lo] = ((len + 1 + TAG_LEN) as u16).to_be_bytes();
+        let header = [
+            APPLICATION_DATA,
+            LEGACY_VERSION[0],
+            LEGACY_VERSION[1],
+            hi,
+            lo,
+        ];
+        let start = content.start - HEADER_LEN;
+        buf[start..content.start].copy_from_slice(&header);
+        buf[content.end] = content_type;
+        let sealed = content.start..content.end + 1;
+        let tag = self
+            .send
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::from(header), &mut buf[sealed.clone()])
+            .map_err(|_| TlsRecordError::Encrypt)?;
+        buf[sealed.end..sealed.end + TAG_LEN].copy_from_slice(tag.as_ref());
+        Ok(start..sealed.end + TAG_LEN)
+    }
+
     /// Appends `data` to `out` as records of `content_type`, 2^14 bytes at most each; empty
     /// `data` is one empty record.
     pub fn seal_all(
@@ -440,6 +481,26 @@ impl TlsRecords {
         }
         buf[at..at + 2].copy_from_slice(&(frames as u16).to_be_bytes());
         self.layer.seal(buf, start, APPLICATION_DATA)
+    }
+
+    /// Seals the frames `buf[frames]` as one mux record in one TLS record where they lie:
+    /// the mux length and TLS header go into the 7 bytes before them, the content type and
+    /// tag into the 17 after them; returns the record's range.
+    pub fn seal_slice(
+        &mut self,
+        buf: &mut [u8],
+        frames: std::ops::Range<usize>,
+    ) -> Result<std::ops::Range<usize>, TlsRecordError> {
+        let len = frames.len();
+        if len == 0 || len > MAX_MUX_RECORD {
+            return Err(TlsRecordError::MuxRecordLength(len));
+        }
+        if frames.start < HEADER_LEN + 2 {
+            return Err(TlsRecordError::NoRoom);
+        }
+        buf[frames.start - 2..frames.start].copy_from_slice(&(len as u16).to_be_bytes());
+        self.layer
+            .seal_slice(buf, frames.start - 2..frames.end, APPLICATION_DATA)
     }
 
     /// Appends a close_notify alert.

@@ -36,6 +36,9 @@ pub enum RecordError {
     /// Encryption failed, or the nonce space is used up (2^64 - 1 records).
     #[error("record encryption failed")]
     Encrypt,
+    /// A buffer to seal in place without room for the length or tag (a caller bug).
+    #[error("no room around the record to seal it in place")]
+    NoRoom,
 }
 
 /// One direction's Noise cipher state.
@@ -124,6 +127,33 @@ impl Session {
         let ct_len = (plain_len + TAG_LEN) as u16;
         buf[start..start + 2].copy_from_slice(&ct_len.to_be_bytes());
         Ok(())
+    }
+
+    /// Seals the plaintext `buf[plain]` as one record where it lies: writes the length
+    /// into the 2 bytes before it and the tag into the 16 after it, and returns the
+    /// record's range. Both must lie inside `buf` (see [`crate::proto::chunk`]).
+    pub fn seal_slice(
+        &mut self,
+        buf: &mut [u8],
+        plain: std::ops::Range<usize>,
+    ) -> Result<std::ops::Range<usize>, RecordError> {
+        let plain_len = plain.len();
+        if plain_len > MAX_RECORD_PLAINTEXT {
+            return Err(RecordError::Size(plain_len));
+        }
+        if plain.start < 2 || buf.len().saturating_sub(plain.end) < TAG_LEN {
+            return Err(RecordError::NoRoom);
+        }
+        let nonce = self.send.next_nonce().ok_or(RecordError::Encrypt)?;
+        let tag = self
+            .send
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::empty(), &mut buf[plain.clone()])
+            .map_err(|_| RecordError::Encrypt)?;
+        buf[plain.end..plain.end + TAG_LEN].copy_from_slice(tag.as_ref());
+        let ct_len = (plain_len + TAG_LEN) as u16;
+        buf[plain.start - 2..plain.start].copy_from_slice(&ct_len.to_be_bytes());
+        Ok(plain.start - 2..plain.end + TAG_LEN)
     }
 
     /// Encrypts `plain` as one record and appends `u16 len ‖ ciphertext` to `out`.

@@ -246,3 +246,56 @@ fn records_interoperate_with_snows_transport() {
     let mut second = out[..m].to_vec();
     assert_eq!(ours.open_in_place(&mut second), Err(RecordError::Decrypt));
 }
+
+/// A record sealed where it lies in a buffer with room around it is Noise's transport
+/// message too: snow opens it, interleaved with records sealed in the write buffer (one
+/// nonce sequence for both), and a buffer without room is refused without using a nonce.
+#[test]
+fn records_sealed_in_place_interoperate_with_snows_transport() {
+    let (d, a) = (side("dialer"), side("acceptor"));
+    let k = psk(0, &d, &a);
+    let dial = params(AuthMode::Noise, "m", &d, &a, &d, &a.public, &k);
+    let accept = params(AuthMode::Noise, "m", &d, &a, &a, &d.public, &k);
+    let (init, first) = initiate(&dial, 7).expect("initiate");
+    let responder = respond(&accept, &first[PREAMBLE_LEN + 2..]).expect("respond");
+    let mut snow_side = responder.state;
+    let mut msg2 = [0u8; MAX_HANDSHAKE_MSG];
+    let n = snow_side.write_message(&[], &mut msg2).expect("msg2");
+    let mut ours = init.finish(&msg2[..n]).expect("finish");
+    let mut theirs = snow_side.into_transport_mode().expect("transport");
+
+    let mut out = vec![0u8; 70_000];
+    for i in 0..50usize {
+        let plain: Vec<u8> = (0..(i * 1_301) % MAX_RECORD_PLAINTEXT)
+            .map(|j| (i ^ j) as u8)
+            .collect();
+        let wire = if i % 2 == 0 {
+            let mut buf = vec![0xAB; 5];
+            buf.extend_from_slice(&plain);
+            buf.extend_from_slice(&[0xAB; TAG_LEN + 3]);
+            let end = buf.len() - TAG_LEN - 3;
+            assert_eq!(
+                ours.seal_slice(&mut buf[..4], 5..end),
+                Err(RecordError::NoRoom)
+            );
+            let range = ours.seal_slice(&mut buf, 5..end).expect("seal in place");
+            assert_eq!(range, 3..end + TAG_LEN);
+            buf[range].to_vec()
+        } else {
+            let mut wire = Vec::new();
+            ours.seal(&plain, &mut wire).expect("seal");
+            wire
+        };
+        let len = u16::from_be_bytes([wire[0], wire[1]]) as usize;
+        assert_eq!(len, wire.len() - 2);
+        let m = theirs
+            .read_message(&wire[2..], &mut out)
+            .expect("snow opens ours");
+        assert_eq!(&out[..m], &plain[..], "record {i}");
+    }
+    let mut big = vec![0u8; MAX_RECORD_PLAINTEXT + 40];
+    assert_eq!(
+        ours.seal_slice(&mut big, 2..3 + MAX_RECORD_PLAINTEXT),
+        Err(RecordError::Size(MAX_RECORD_PLAINTEXT + 1))
+    );
+}

@@ -806,3 +806,76 @@ fn damaged_streams_never_panic() {
     }
     assert!(refused > 100, "only {refused} damaged streams were refused");
 }
+
+/// A mux record sealed where it lies inside a buffer with room around it is the same record,
+/// byte for byte, as one built in the write buffer: same header, ciphertext and tag, and the
+/// sequence numbers of both paths are one count.
+#[test]
+fn a_record_sealed_in_its_own_buffer_is_the_same_record() {
+    let (tx1, _) = layers(&aead::AES_256_GCM, 5);
+    let (tx2, rx) = layers(&aead::AES_256_GCM, 5);
+    let mut in_wbuf = TlsRecords::new(tx1, Bytes::new());
+    let mut in_place = TlsRecords::new(tx2, Bytes::new());
+    let mut receiver = TlsRecords::new(rx, Bytes::new());
+    let mut expected = Vec::new();
+    let mut got = Vec::new();
+    for (i, len) in [1, 700, MAX_MUX_RECORD].into_iter().enumerate() {
+        let frames = data(len, i as u8);
+        let start = TlsRecords::begin_record(&mut expected);
+        expected.extend_from_slice(&frames);
+        in_wbuf.seal_record(&mut expected, start).expect("seal");
+
+        let (head, tail) = (HEADER_LEN + 2 + 3, 1 + TAG_LEN + 4);
+        let mut buf = vec![0xAA; head];
+        buf.extend_from_slice(&frames);
+        buf.extend_from_slice(&[0xAA; 1 + TAG_LEN + 4]);
+        let end = buf.len() - tail;
+        let range = in_place
+            .seal_slice(&mut buf, head..end)
+            .expect("seal in place");
+        assert_eq!(range, 3..buf.len() - 4);
+        got.extend_from_slice(&buf[range]);
+    }
+    assert!(got == expected, "records differ");
+    let mut input = BytesMut::from(&got[..]);
+    for (i, len) in [1, 700, MAX_MUX_RECORD].into_iter().enumerate() {
+        let record = receiver
+            .next_record(&mut input)
+            .expect("open")
+            .expect("record");
+        assert!(record == data(len, i as u8));
+    }
+}
+
+/// Sealing in place refuses a slice without the room its header and tag need, or too large
+/// a mux record, and leaves the sequence number unused.
+#[test]
+fn sealing_in_place_checks_the_room_and_the_size() {
+    let (tx1, _) = layers(&aead::AES_128_GCM, 0);
+    let (tx2, _) = layers(&aead::AES_128_GCM, 0);
+    let mut a = TlsRecords::new(tx1, Bytes::new());
+    let mut b = TlsRecords::new(tx2, Bytes::new());
+    let mut buf = vec![0u8; 100];
+    assert_eq!(
+        a.seal_slice(&mut buf, HEADER_LEN + 1..50),
+        Err(TlsRecordError::NoRoom)
+    );
+    assert_eq!(
+        a.seal_slice(&mut buf, 10..100 - TAG_LEN),
+        Err(TlsRecordError::NoRoom)
+    );
+    assert_eq!(
+        a.seal_slice(&mut buf, 10..10),
+        Err(TlsRecordError::MuxRecordLength(0))
+    );
+    let mut big = vec![0u8; MAX_MUX_RECORD + 100];
+    assert_eq!(
+        a.seal_slice(&mut big, 10..11 + MAX_MUX_RECORD),
+        Err(TlsRecordError::MuxRecordLength(MAX_MUX_RECORD + 1))
+    );
+    // Nothing was sealed, so both still produce the record of sequence number 0.
+    let (mut x, mut y) = (vec![1u8; 60], vec![1u8; 60]);
+    let rx = a.seal_slice(&mut x, 10..40).expect("seal");
+    let ry = b.seal_slice(&mut y, 10..40).expect("seal");
+    assert_eq!(x[rx], y[ry]);
+}
