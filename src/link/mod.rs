@@ -12,8 +12,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::config::{PeerName, ServiceName};
-use crate::proto::frame::{OpenError, ResetCode, StreamId};
-use crate::proto::handshake::{HandshakeError, RecordError};
+use crate::proto::chunk::Chunk;
+use crate::proto::frame::{self, OpenError, ResetCode, StreamId};
+use crate::proto::handshake::{HandshakeError, RecordError, MAX_RECORD_PLAINTEXT};
 use crate::proto::mux::MuxError;
 use crate::proto::tls_record::TlsRecordError;
 
@@ -100,6 +101,9 @@ impl From<TlsRecordError> for LinkError {
     }
 }
 
+/// Largest read from a local socket: four Noise records' worth of DATA.
+pub(crate) const BULK_READ: usize = 4 * (MAX_RECORD_PLAINTEXT - frame::HEADER_LEN);
+
 /// What a stream's local side hears from the link.
 #[derive(Debug)]
 pub enum StreamEvent {
@@ -128,7 +132,7 @@ pub(crate) enum Cmd {
     /// The exit could not connect its target.
     Refuse { stream: StreamId, code: OpenError },
     /// Bytes from the local socket (always within the stream's credit).
-    Data { stream: StreamId, data: Bytes },
+    Data { stream: StreamId, data: Chunk },
     /// The local socket reached end of stream.
     Fin { stream: StreamId },
     /// The local socket failed; abort the stream.
@@ -158,6 +162,10 @@ pub struct StreamHandle {
     /// closes it when the link dies.
     pub credit: Arc<Semaphore>,
     pub(crate) cmds: mpsc::Sender<Cmd>,
+    /// The local socket is read in pieces of this size. On Noise links it is the DATA one
+    /// record carries, so each piece becomes a record where it lies; on tls links it is
+    /// [`BULK_READ`] and the pieces are copied into records.
+    pub(crate) read_segment: usize,
 }
 
 impl fmt::Debug for StreamHandle {

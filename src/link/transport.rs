@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 
 use super::LinkError;
 use crate::config::{AuthMode, PeerName};
+use crate::proto::chunk::OwnedRecord;
 use crate::proto::handshake::{HandshakeError, Preamble, Session};
 use crate::proto::mux;
 use crate::proto::tls_record::{RecordLayer, TlsRecordError, TlsRecords, HEADER_LEN};
@@ -52,6 +53,19 @@ impl Transport {
             Transport::Tls(tls) => tls.seal_record(buf, start)?,
         }
         Ok(())
+    }
+}
+
+impl Transport {
+    /// Seals a record the mux built inside a stream's own read buffer, where it lies, and
+    /// returns the record's bytes (see [`crate::proto::chunk`]).
+    pub(crate) fn seal_owned(&mut self, record: OwnedRecord) -> Result<Bytes, LinkError> {
+        let OwnedRecord { mut buf, frames } = record;
+        let range = match self {
+            Transport::Noise(session) => session.seal_slice(&mut buf, frames)?,
+            Transport::Tls(tls) => tls.seal_slice(&mut buf, frames)?,
+        };
+        Ok(buf.freeze().slice(range))
     }
 }
 
