@@ -215,6 +215,8 @@ async fn replayed_handshake_is_rejected_even_after_restart() {
         .manifest_override("b", move |m| m.peer_mut("a").endpoint = relay_addr)
         .build();
     mesh.start("a");
+    // The relay connects to a as soon as b's first flight is in: a must be listening.
+    mesh.wait_for_log("a", "meshd ready", LOG).await;
     mesh.start("b");
     // preamble (72) + u16 length + IKpsk2 msg1 (32 e + 48 s + 8 timestamp + 16 tag = 104).
     let (first, _relay_task) = common::within(
