@@ -4,9 +4,10 @@
 //! stream for a complete one.
 //!
 //! Both directions move data in as few system calls as the data allows: one read takes up
-//! to a record's worth from the local socket (four on tls links), and the chunks the link
-//! delivered while the socket was busy go out in one `writev`. A large read lands between
-//! the room a record needs around it, so on Noise links it becomes the record where it lies
+//! to four Noise records' worth from the local socket (a bulk sender's, as one `readv` with
+//! one segment per record), and the chunks the link delivered while the socket was busy go
+//! out in one `writev`. Every large read lands between the room a record needs around it,
+//! so on Noise links each segment becomes its record where it lies
 //! ([`crate::proto::chunk`]): a bulk transfer's bytes are copied only by the kernel.
 
 use std::cell::RefCell;
