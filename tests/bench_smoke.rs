@@ -137,3 +137,37 @@ fn check_output(dir: &Path, log_text: &str) {
         }
     }
 }
+
+/// A second run while one holds the run lock refuses to start, saying why, and measures
+/// nothing.
+#[test]
+fn a_second_concurrent_run_is_refused() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let name = format!("meshbench-test-lock-{}", std::process::id());
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
+    let _held = UnixListener::bind_addr(&addr).expect("take the lock");
+    let out = Command::new(env!("CARGO_BIN_EXE_meshbench"))
+        .args([
+            "run",
+            "--smoke",
+            "--adapters",
+            "direct",
+            "--phases",
+            "iperf",
+            "--out",
+        ])
+        .arg(dir.path().join("out"))
+        .env("MESHBENCH_LOCK", &name)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run meshbench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "ran despite the lock: {stderr}");
+    assert!(
+        stderr.contains("another meshbench run holds the run lock") && stderr.contains(&name),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("out").exists(), "it wrote results");
+}

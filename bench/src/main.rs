@@ -102,7 +102,28 @@ fn dedup<T: Ord + Copy>(items: &[T]) -> Vec<T> {
     out
 }
 
+/// Takes the machine-wide run lock for as long as the returned listener lives: a Unix
+/// socket bound to an abstract name, which the kernel frees when the process ends, however
+/// it ends. Two runs at once measure each other (same cores), so a second one refuses to
+/// start. `MESHBENCH_LOCK` names another lock (tests use their own).
+fn take_run_lock() -> Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    let name = std::env::var("MESHBENCH_LOCK").unwrap_or_else(|_| "meshbench-run-lock".into());
+    let addr = SocketAddr::from_abstract_name(name.as_bytes())
+        .map_err(|e| anyhow::anyhow!("run lock {name:?}: {e}"))?;
+    match UnixListener::bind_addr(&addr) {
+        Ok(lock) => Ok(lock),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "another meshbench run holds the run lock (abstract socket @{name}): two runs at \
+             once measure each other; wait for it to finish or stop it"
+        ),
+        Err(e) => bail!("run lock @{name}: {e}"),
+    }
+}
+
 fn run(args: RunArgs) -> Result<()> {
+    let _lock = take_run_lock()?;
     let mut adapters = dedup(&args.adapters);
     adapters.sort();
     let mut phases = dedup(&args.phases);
