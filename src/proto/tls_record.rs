@@ -258,40 +258,14 @@ impl RecordLayer {
         start: usize,
         content_type: u8,
     ) -> Result<(), TlsRecordError> {
-        let content = buf.len() - start - HEADER_LEN;
-        if content > MAX_CONTENT {
-            buf.truncate(start);
-            return Err(TlsRecordError::ContentTooLarge(content));
-        }
-        let nonce = match self.send.next_nonce() {
-            Ok(n) => n,
+        let content = start + HEADER_LEN..buf.len();
+        // Room for the content type and the tag, then sealed where it lies.
+        buf.resize(content.end + 1 + TAG_LEN, 0);
+        match self.seal_slice(buf, content, content_type) {
+            Ok(_) => Ok(()),
             Err(e) => {
                 buf.truncate(start);
-                return Err(e);
-            }
-        };
-        let [hi, lo] = ((content + 1 + TAG_LEN) as u16).to_be_bytes();
-        let header = [
-            APPLICATION_DATA,
-            LEGACY_VERSION[0],
-            LEGACY_VERSION[1],
-            hi,
-            lo,
-        ];
-        buf[start..start + HEADER_LEN].copy_from_slice(&header);
-        buf.push(content_type);
-        match self.send.key.seal_in_place_separate_tag(
-            nonce,
-            Aad::from(header),
-            &mut buf[start + HEADER_LEN..],
-        ) {
-            Ok(tag) => {
-                buf.extend_from_slice(tag.as_ref());
-                Ok(())
-            }
-            Err(_) => {
-                buf.truncate(start);
-                Err(TlsRecordError::Encrypt)
+                Err(e)
             }
         }
     }

@@ -112,21 +112,16 @@ impl Session {
     /// Seals the record begun at `start` (its plaintext is `buf[start + 2..]`) in place:
     /// fills in the length and appends the tag.
     pub fn seal_record(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<(), RecordError> {
-        let plain_len = buf.len() - start - 2;
-        if plain_len > MAX_RECORD_PLAINTEXT {
-            buf.truncate(start);
-            return Err(RecordError::Size(plain_len));
+        let plain = start + 2..buf.len();
+        // Room for the tag, then sealed where it lies.
+        buf.resize(plain.end + TAG_LEN, 0);
+        match self.seal_slice(buf, plain) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                buf.truncate(start);
+                Err(e)
+            }
         }
-        let nonce = self.send.next_nonce().ok_or(RecordError::Encrypt)?;
-        let tag = self
-            .send
-            .key
-            .seal_in_place_separate_tag(nonce, Aad::empty(), &mut buf[start + 2..])
-            .map_err(|_| RecordError::Encrypt)?;
-        buf.extend_from_slice(tag.as_ref());
-        let ct_len = (plain_len + TAG_LEN) as u16;
-        buf[start..start + 2].copy_from_slice(&ct_len.to_be_bytes());
-        Ok(())
     }
 
     /// Seals the plaintext `buf[plain]` as one record where it lies: writes the length
