@@ -135,17 +135,19 @@ pub struct OwnedRecord {
     pub frames: Range<usize>,
 }
 
+/// `data` between filled rooms, as a test's chunk.
+#[cfg(test)]
+pub(crate) fn roomy(data: &[u8]) -> Roomy {
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&[0xEE; HEAD_ROOM]);
+    buf.extend_from_slice(data);
+    buf.extend_from_slice(&[0xEE; TAIL_ROOM]);
+    Roomy::new(buf).expect("long enough")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn roomy(data: &[u8]) -> Roomy {
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&[0xEE; HEAD_ROOM]);
-        buf.extend_from_slice(data);
-        buf.extend_from_slice(&[0xEE; TAIL_ROOM]);
-        Roomy::new(buf).expect("long enough")
-    }
 
     #[test]
     fn roomy_data_lies_between_the_rooms() {

@@ -228,7 +228,7 @@ fn write_header(out: &mut Vec<u8>, ty: u8, stream: StreamId, len: u16) {
 /// Appends the header of a DATA frame carrying `len` bytes; the caller appends the payload.
 /// Lets the multiplexer copy queued `Bytes` straight into the record without a `Frame`.
 pub fn encode_data_header(out: &mut Vec<u8>, stream: StreamId, len: u16) {
-    write_header(out, T_DATA, stream, len);
+    out.extend_from_slice(&data_header(stream, len));
 }
 
 /// The header of a DATA frame carrying `len` bytes, for writing in front of a payload that

@@ -920,6 +920,7 @@ impl Mux {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::chunk::roomy;
 
     const SEC: Duration = Duration::from_secs(1);
 
@@ -1955,15 +1956,6 @@ mod tests {
             }
         }
         assert!(errors > 5_000, "garbage was accepted: only {errors} errors");
-    }
-
-    fn roomy(data: &[u8]) -> crate::proto::chunk::Roomy {
-        use crate::proto::chunk::{Roomy, TAIL_ROOM};
-        let mut buf = bytes::BytesMut::new();
-        buf.extend_from_slice(&[0xEE; HEAD_ROOM]);
-        buf.extend_from_slice(data);
-        buf.extend_from_slice(&[0xEE; TAIL_ROOM]);
-        Roomy::new(buf).expect("room")
     }
 
     /// Like `transfer`, but takes records built in place first, as the driver does; returns

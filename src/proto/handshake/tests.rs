@@ -206,23 +206,29 @@ fn preamble_rejects_garbage() {
     ));
 }
 
-/// Our in-place record layer must be Noise's transport, byte for byte: records it seals
-/// are opened by snow's own `TransportState` and the other way round, in order, across
-/// many nonces; a reordered record is refused.
-#[test]
-fn records_interoperate_with_snows_transport() {
+/// A finished noise handshake whose dialer runs our record layer and whose acceptor runs
+/// snow's own `TransportState`.
+fn ours_and_snows() -> (Session, snow::TransportState) {
     let (d, a) = (side("dialer"), side("acceptor"));
     let k = psk(0, &d, &a);
     let dial = params(AuthMode::Noise, "m", &d, &a, &d, &a.public, &k);
     let accept = params(AuthMode::Noise, "m", &d, &a, &a, &d.public, &k);
     let (init, first) = initiate(&dial, 7).expect("initiate");
     let responder = respond(&accept, &first[PREAMBLE_LEN + 2..]).expect("respond");
-    // The acceptor side runs snow's transport; the dialer runs ours.
     let mut snow_side = responder.state;
     let mut msg2 = [0u8; MAX_HANDSHAKE_MSG];
     let n = snow_side.write_message(&[], &mut msg2).expect("msg2");
-    let mut ours = init.finish(&msg2[..n]).expect("finish");
-    let mut theirs = snow_side.into_transport_mode().expect("transport");
+    let ours = init.finish(&msg2[..n]).expect("finish");
+    let theirs = snow_side.into_transport_mode().expect("transport");
+    (ours, theirs)
+}
+
+/// Our in-place record layer must be Noise's transport, byte for byte: records it seals
+/// are opened by snow's own `TransportState` and the other way round, in order, across
+/// many nonces; a reordered record is refused.
+#[test]
+fn records_interoperate_with_snows_transport() {
+    let (mut ours, mut theirs) = ours_and_snows();
 
     let mut out = vec![0u8; 70_000];
     for i in 0..300usize {
@@ -252,17 +258,7 @@ fn records_interoperate_with_snows_transport() {
 /// nonce sequence for both), and a buffer without room is refused without using a nonce.
 #[test]
 fn records_sealed_in_place_interoperate_with_snows_transport() {
-    let (d, a) = (side("dialer"), side("acceptor"));
-    let k = psk(0, &d, &a);
-    let dial = params(AuthMode::Noise, "m", &d, &a, &d, &a.public, &k);
-    let accept = params(AuthMode::Noise, "m", &d, &a, &a, &d.public, &k);
-    let (init, first) = initiate(&dial, 7).expect("initiate");
-    let responder = respond(&accept, &first[PREAMBLE_LEN + 2..]).expect("respond");
-    let mut snow_side = responder.state;
-    let mut msg2 = [0u8; MAX_HANDSHAKE_MSG];
-    let n = snow_side.write_message(&[], &mut msg2).expect("msg2");
-    let mut ours = init.finish(&msg2[..n]).expect("finish");
-    let mut theirs = snow_side.into_transport_mode().expect("transport");
+    let (mut ours, mut theirs) = ours_and_snows();
 
     let mut out = vec![0u8; 70_000];
     for i in 0..50usize {
