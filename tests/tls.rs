@@ -1054,3 +1054,137 @@ async fn a_link_dialled_by_a_reload_uses_that_reloads_certificate() {
     .await
     .expect("echo over the link dialled by the reload");
 }
+
+/// One mux record (`u16 length ‖ frames`) read from a rustls stream, as an older meshd
+/// read them; its frames are handed to `on_frame`.
+async fn read_mux_record<S: tokio::io::AsyncRead + Unpin>(
+    tls: &mut S,
+    mut on_frame: impl FnMut(Frame<'_>),
+) -> std::io::Result<()> {
+    let mut len = [0u8; 2];
+    tls.read_exact(&mut len).await?;
+    let mut record = vec![0u8; u16::from_be_bytes(len) as usize];
+    tls.read_exact(&mut record).await?;
+    let mut at = 0;
+    while at < record.len() {
+        let (frame, used) = meshd::proto::frame::decode(&record[at..]).expect("a valid frame");
+        on_frame(frame);
+        at += used;
+    }
+    Ok(())
+}
+
+/// A dialer from before large TLS records (rustls's buffered API, no ALPN offered, mux
+/// records as the byte stream `u16 length ‖ frames`) against today's acceptor: the link
+/// runs standard records, which that rustls reads (it refuses any record over 2^14 + 256
+/// bytes), and a stream echoes 200 KiB byte for byte. Today's own pair agrees on large
+/// records, and both links say which they run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_dialer_gets_standard_records_and_a_byte_exact_stream() {
+    let echo = EchoServer::start().await;
+    let mut mesh = TestMesh::builder()
+        .auth("tls")
+        .tls()
+        .service("a", "echo", echo.addr(), &["b", "c"])
+        .forward("b", "a/echo")
+        .peer("c")
+        .build();
+    mesh.start("a");
+    mesh.start("b");
+    mesh.wait_for_log_line("a", &["link up", "peer=b", "tls_records=large"], LINK_UP)
+        .await;
+    mesh.wait_for_log_line("b", &["link up", "peer=a", "tls_records=large"], LINK_UP)
+        .await;
+
+    // c, as an older meshd: a certificate of the mesh CA, no ALPN.
+    let ca = mesh.ca();
+    let c_cert = certgen::issue(&ca.cert_pem, &ca.key_pem, "c", Validity::days_from_now(2))
+        .expect("issue c");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("ca pem"))
+        .expect("root");
+    let key = PrivateKeyDer::from_pem_slice(c_cert.key_pem.as_bytes()).expect("key pem");
+    let config = rustls::ClientConfig::builder_with_provider(meshd::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![CertificateDer::from(c_cert.der.clone())], key)
+        .expect("client cert");
+    assert!(config.alpn_protocols.is_empty());
+    let mut tcp = TcpStream::connect(mesh.mesh_addr("a"))
+        .await
+        .expect("connect mesh port");
+    let preamble = Preamble {
+        mode: AuthMode::Tls,
+        name: PeerName::new("c").expect("name"),
+    };
+    tcp.write_all(&preamble.encode()).await.expect("preamble");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut tls = connector
+        .connect(ServerName::try_from("a").expect("name"), tcp)
+        .await
+        .expect("the older dialer's handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    // As a meshd dialer does, wait for the acceptor's confirmation (a PING) before sending:
+    // rustls on the acceptor cannot hand back a record it read along with the handshake.
+    let mut confirmed = false;
+    read_mux_record(&mut tls, |frame| {
+        confirmed = matches!(frame, Frame::Ping { .. });
+    })
+    .await
+    .expect("the acceptor's confirmation");
+    assert!(confirmed, "the acceptor's first record is not its PING");
+
+    // Under one stream window each way, so no WINDOW frame is needed.
+    let sent = XorShift::new(11).bytes(200 * 1024);
+    let mut first = true;
+    for piece in sent.chunks(16_000) {
+        let mut record = vec![0, 0];
+        if first {
+            Frame::Open {
+                stream: 1,
+                service: "echo",
+            }
+            .encode(&mut record);
+            first = false;
+        }
+        Frame::Data {
+            stream: 1,
+            data: piece,
+        }
+        .encode(&mut record);
+        let len = (record.len() - 2) as u16;
+        record[..2].copy_from_slice(&len.to_be_bytes());
+        tls.write_all(&record)
+            .await
+            .expect("send through the older dialer");
+    }
+    tls.flush().await.expect("flush");
+
+    let mut back = Vec::new();
+    common::within(
+        Duration::from_secs(20),
+        "the echo to the older dialer",
+        async {
+            while back.len() < sent.len() {
+                let read = read_mux_record(&mut tls, |frame| match frame {
+                    Frame::Data { stream: 1, data } => back.extend_from_slice(data),
+                    Frame::OpenOk { stream: 1 } | Frame::Ping { .. } | Frame::Window { .. } => {}
+                    other => panic!("unexpected frame to the older dialer: {other:?}"),
+                })
+                .await;
+                if let Err(e) = read {
+                    panic!(
+                        "reading the older dialer's link: {e}; a's log:\n{}",
+                        mesh.log("a")
+                    );
+                }
+            }
+        },
+    )
+    .await;
+    assert!(back == sent, "the echo differs ({} bytes back)", back.len());
+    mesh.wait_for_log_line("a", &["link up", "peer=c", "tls_records=standard"], LOG)
+        .await;
+}

@@ -7,8 +7,9 @@
 //! to four Noise records' worth from the local socket (a bulk sender's, as one `readv` with
 //! one segment per record), and the chunks the link delivered while the socket was busy go
 //! out in one `writev`. Every large read lands between the room a record needs around it,
-//! so on Noise links each segment becomes its record where it lies
-//! ([`crate::proto::chunk`]): a bulk transfer's bytes are copied only by the kernel.
+//! so on Noise links (and tls links with large records) each segment becomes its record
+//! where it lies ([`crate::proto::chunk`]): a bulk transfer's bytes are copied only by the
+//! kernel.
 
 use std::cell::RefCell;
 use std::io::IoSlice;

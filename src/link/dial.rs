@@ -159,6 +159,7 @@ pub async fn supervise(
                 };
                 let observer = metrics.link_up(&ctx.peer, Direction::Dialer);
                 observer.set_auth(ctx.mode.as_str());
+                let tls_records = transport.records_label();
                 let driver = Driver::new(
                     ctx.peer.clone(),
                     Direction::Dialer,
@@ -176,6 +177,7 @@ pub async fn supervise(
                     auth = %ctx.mode.as_str(),
                     peer_cert = %peer_cert.as_ref().map_or("", |c| c.0.as_str()),
                     cipher = %peer_cert.as_ref().map_or("", |c| c.1.as_str()),
+                    tls_records = %tls_records,
                     setup_us = setup.as_micros() as u64,
                     "link up"
                 );

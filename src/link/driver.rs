@@ -25,7 +25,6 @@ use crate::config::{Limits, PeerName};
 use crate::proto::frame::{OpenError, ResetCode, StreamId, HEADER_LEN};
 use crate::proto::handshake::{MAX_RECORD_PLAINTEXT, TAG_LEN};
 use crate::proto::mux::{Event, Mux, MuxConfig, Role};
-use crate::proto::tls_record;
 
 /// Encrypted bytes queued for the socket before the driver stops pulling from the mux.
 const WRITE_HIGH_WATER: usize = 512 * 1024;
@@ -129,17 +128,12 @@ impl Driver {
             Direction::Dialer => Role::Dialer,
             Direction::Acceptor => Role::Acceptor,
         };
-        let max_record = match &transport {
-            Transport::Noise(_) => MAX_RECORD_PLAINTEXT,
-            // One mux record per TLS record (see tls_record::MAX_MUX_RECORD).
-            Transport::Tls(_) => tls_record::MAX_MUX_RECORD,
-        };
-
-        // On tls links 16 KiB pieces, each sealed in place, measured slower than 256 KiB
-        // reads copied into the records (more records, events and iovecs per byte).
-        let read_segment = match &transport {
-            Transport::Noise(_) => max_record - HEADER_LEN,
-            Transport::Tls(_) => super::BULK_READ,
+        // On tls links one mux record per TLS record (see tls_record::MAX_MUX_RECORD).
+        let max_record = transport.max_mux_record();
+        let read_segment = if transport.seals_reads_in_place() {
+            max_record - HEADER_LEN
+        } else {
+            super::BULK_READ
         };
         Self {
             peer,

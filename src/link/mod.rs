@@ -162,9 +162,10 @@ pub struct StreamHandle {
     /// closes it when the link dies.
     pub credit: Arc<Semaphore>,
     pub(crate) cmds: mpsc::Sender<Cmd>,
-    /// The local socket is read in pieces of this size. On Noise links it is the DATA one
-    /// record carries, so each piece becomes a record where it lies; on tls links it is
-    /// [`BULK_READ`] and the pieces are copied into records.
+    /// The local socket is read in pieces of this size. On Noise links, and on tls links
+    /// with large records, it is the DATA one record carries, so each piece becomes a
+    /// record where it lies; on tls links with standard records it is [`BULK_READ`] and
+    /// the pieces are copied into records.
     pub(crate) read_segment: usize,
 }
 

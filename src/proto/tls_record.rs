@@ -18,6 +18,15 @@
 //! (`u16 length ‖ frames`), the same stream as any TLS peer writing mux records through a
 //! TLS library would produce, so older meshd versions (rustls's buffered API) interoperate.
 //!
+//! Record size: RFC 8446 caps a record's content at 2^14 bytes, so a 64 KiB mux record
+//! would take four TLS records. Two meshd ends agree in the handshake (ALPN
+//! [`LARGE_RECORDS_ALPN`], which the handshake authenticates) on records as large as the
+//! header's 16-bit length allows, 2^16 - 1 ciphertext bytes, in the same format: then one
+//! mux record of the Noise modes' size is one TLS record, sealed in place like theirs. A
+//! peer that does not offer it (an older meshd, any other TLS stack) gets standard records
+//! ([`RecordLimit`]). AES-GCM's limits are per byte, not per record, so larger records
+//! change nothing about how much one key may protect.
+//!
 //! Not supported after the handshake, by design: KeyUpdate and NewSessionTicket (this side
 //! never sends them and, with only the extracted keys, cannot follow a key update; tickets
 //! are off in our configs). Either one from the peer ends the link with an error.
@@ -43,17 +52,72 @@ pub const TAG_LEN: usize = 16;
 pub const MAX_CONTENT: usize = 1 << 14;
 /// Largest `length` a record header may carry (2^14 + 256).
 pub const MAX_CIPHERTEXT: usize = MAX_CONTENT + 256;
-/// Most frame bytes of one mux record on a tls link: with its 2-byte length it fills one
-/// TLS record's content exactly, so a mux record is always exactly one TLS record.
+/// Most frame bytes of one mux record on a tls link with standard records: with its 2-byte
+/// length it fills one TLS record's content exactly, so a mux record is always exactly one
+/// TLS record.
 ///
-/// Why not the Noise mode's 64 KiB mux records: a TLS record carries at most 16 KiB, so a
-/// 64 KiB mux record would become four TLS records, and sealing those in place means
-/// moving three quarters of it to open gaps for the inner headers and tags (and closing
-/// them again on receive, or assembling a copy). With one mux record per TLS record nothing
-/// moves on either side; the cost is a mux record (and a DATA event) per 16 KiB instead of
-/// per 64 KiB, and 24 bytes of overhead per 16 KiB (5 header, 2 length, 1 type, 16 tag)
-/// instead of about 22.
+/// Why not split the Noise mode's 64 KiB mux records over standard records: that would
+/// take four TLS records each, and sealing those in place means moving three quarters of
+/// it to open gaps for the inner headers and tags (and closing them again on receive, or
+/// assembling a copy). With one mux record per TLS record nothing moves on either side;
+/// the cost is a mux record (and a DATA event) per 16 KiB instead of per 64 KiB. Two meshd
+/// ends avoid that cost with large records ([`RecordLimit::Large`]).
 pub const MAX_MUX_RECORD: usize = MAX_CONTENT - 2;
+/// The ALPN protocol by which a meshd end offers, and accepts, large records.
+pub const LARGE_RECORDS_ALPN: &[u8] = b"meshd-large-records/1";
+/// Largest `length` of a large record: all the header's 16 bits.
+pub const LARGE_MAX_CIPHERTEXT: usize = u16::MAX as usize;
+/// Most content bytes of a large record: its ciphertext less the tag and the content type.
+pub const LARGE_MAX_CONTENT: usize = LARGE_MAX_CIPHERTEXT - TAG_LEN - 1;
+
+/// How large the records of one link may be, as its handshake agreed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordLimit {
+    /// RFC 8446's: content up to 2^14 bytes, ciphertext up to 2^14 + 256.
+    Standard,
+    /// Both ends negotiated [`LARGE_RECORDS_ALPN`]: content up to [`LARGE_MAX_CONTENT`].
+    Large,
+}
+
+impl RecordLimit {
+    /// The limit a finished handshake agreed on, from the ALPN protocol it negotiated.
+    pub fn negotiated(alpn: Option<&[u8]>) -> Self {
+        if alpn == Some(LARGE_RECORDS_ALPN) {
+            RecordLimit::Large
+        } else {
+            RecordLimit::Standard
+        }
+    }
+
+    /// Most content bytes one record carries.
+    pub fn max_content(self) -> usize {
+        match self {
+            RecordLimit::Standard => MAX_CONTENT,
+            RecordLimit::Large => LARGE_MAX_CONTENT,
+        }
+    }
+
+    /// Largest `length` a record header may carry.
+    pub fn max_ciphertext(self) -> usize {
+        match self {
+            RecordLimit::Standard => MAX_CIPHERTEXT,
+            RecordLimit::Large => LARGE_MAX_CIPHERTEXT,
+        }
+    }
+
+    /// Most frame bytes of one mux record, which always fills one TLS record at most.
+    pub fn max_mux_record(self) -> usize {
+        self.max_content() - 2
+    }
+
+    /// A label for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordLimit::Standard => "standard",
+            RecordLimit::Large => "large",
+        }
+    }
+}
 
 /// Content type of application data; also the outer type of every protected record.
 pub const APPLICATION_DATA: u8 = 0x17;
@@ -87,18 +151,18 @@ pub enum TlsRecordError {
     /// A record whose legacy version is not 0x0303.
     #[error("record of version {0:#06x}, not 0x0303")]
     Version(u16),
-    /// A record length above 2^14 + 256.
-    #[error("record of {0} bytes exceeds the 2^14 + 256-byte limit")]
-    Oversized(usize),
+    /// A record length above the link's limit (2^14 + 256 for standard records).
+    #[error("record of {0} bytes exceeds the {1}-byte limit of this link's records")]
+    Oversized(usize, usize),
     /// A record length too short to hold a tag and a content type.
     #[error("record of {0} bytes is too short to hold a tag and a content type")]
     TooShort(usize),
     /// A record failed to authenticate (tampered, replayed, reordered or dropped).
     #[error("record failed to decrypt (tampered, replayed, reordered or dropped)")]
     Decrypt,
-    /// A decrypted record longer than 2^14 + 1 bytes.
-    #[error("record plaintext of {0} bytes exceeds the 2^14 + 1-byte limit")]
-    PlaintextOversized(usize),
+    /// A decrypted record longer than the link's content limit plus its content type.
+    #[error("record plaintext of {0} bytes exceeds the {1}-byte limit of this link's records")]
+    PlaintextOversized(usize, usize),
     /// A decrypted record of zeros only: no content type.
     #[error("record has no content type (padding only)")]
     NoContentType,
@@ -129,8 +193,8 @@ pub enum TlsRecordError {
     #[error("record encryption failed")]
     Encrypt,
     /// More content than one record carries (a caller bug).
-    #[error("{0} content bytes do not fit one record (at most 2^14)")]
-    ContentTooLarge(usize),
+    #[error("{0} content bytes do not fit one record (at most {1})")]
+    ContentTooLarge(usize, usize),
     /// A mux record length prefix that is zero or too large.
     #[error("mux record length {0} out of bounds")]
     MuxRecordLength(usize),
@@ -152,8 +216,8 @@ impl TlsRecordError {
         match self {
             TlsRecordError::Decrypt | TlsRecordError::SequenceExhausted => "decrypt",
             TlsRecordError::Alert(_) | TlsRecordError::CloseNotify => "tls_alert",
-            TlsRecordError::Oversized(_)
-            | TlsRecordError::PlaintextOversized(_)
+            TlsRecordError::Oversized(..)
+            | TlsRecordError::PlaintextOversized(..)
             | TlsRecordError::MuxRecordLength(_) => "oversized",
             _ => "tls",
         }
@@ -223,6 +287,7 @@ impl Direction {
 pub struct RecordLayer {
     send: Direction,
     recv: Direction,
+    limit: RecordLimit,
 }
 
 impl fmt::Debug for RecordLayer {
@@ -232,13 +297,23 @@ impl fmt::Debug for RecordLayer {
 }
 
 impl RecordLayer {
-    /// Takes over the traffic keys and sequence numbers of a finished rustls handshake.
-    /// Records rustls sent or received before count: the sequences go on from there.
-    pub fn from_secrets(secrets: ExtractedSecrets) -> Result<Self, TlsRecordError> {
+    /// Takes over the traffic keys and sequence numbers of a finished rustls handshake,
+    /// whose negotiation set `limit` for both directions. Records rustls sent or received
+    /// before count: the sequences go on from there.
+    pub fn from_secrets(
+        secrets: ExtractedSecrets,
+        limit: RecordLimit,
+    ) -> Result<Self, TlsRecordError> {
         Ok(Self {
             send: Direction::from_secrets(secrets.tx)?,
             recv: Direction::from_secrets(secrets.rx)?,
+            limit,
         })
+    }
+
+    /// The size limit of this link's records.
+    pub fn limit(&self) -> RecordLimit {
+        self.limit
     }
 
     /// Starts a record at the end of `buf`: appends a header placeholder and returns the
@@ -250,7 +325,7 @@ impl RecordLayer {
     }
 
     /// Seals the record begun at `start` in place (its content is `buf[start + 5..]`, at
-    /// most 2^14 bytes): appends the content type, encrypts, appends the tag and fills in
+    /// most the limit's content bytes): appends the content type, encrypts, appends the tag and fills in
     /// the header. On error the record is removed from `buf`.
     pub fn seal(
         &mut self,
@@ -270,7 +345,7 @@ impl RecordLayer {
         }
     }
 
-    /// Seals `buf[content]` (at most 2^14 bytes) as one record where it lies: the header
+    /// Seals `buf[content]` (at most the limit's content bytes) as one record where it lies: the header
     /// goes into the 5 bytes before it, the content type and the tag into the 17 after it;
     /// returns the record's range. Both must lie inside `buf`.
     pub fn seal_slice(
@@ -280,8 +355,9 @@ impl RecordLayer {
         content_type: u8,
     ) -> Result<std::ops::Range<usize>, TlsRecordError> {
         let len = content.len();
-        if len > MAX_CONTENT {
-            return Err(TlsRecordError::ContentTooLarge(len));
+        let max = self.limit.max_content();
+        if len > max {
+            return Err(TlsRecordError::ContentTooLarge(len, max));
         }
         if content.start < HEADER_LEN || buf.len().saturating_sub(content.end) < 1 + TAG_LEN {
             return Err(TlsRecordError::NoRoom);
@@ -308,8 +384,8 @@ impl RecordLayer {
         Ok(start..sealed.end + TAG_LEN)
     }
 
-    /// Appends `data` to `out` as records of `content_type`, 2^14 bytes at most each; empty
-    /// `data` is one empty record.
+    /// Appends `data` to `out` as records of `content_type`, as large as the limit allows;
+    /// empty `data` is one empty record.
     pub fn seal_all(
         &mut self,
         content_type: u8,
@@ -318,7 +394,7 @@ impl RecordLayer {
     ) -> Result<(), TlsRecordError> {
         let mut rest = data;
         loop {
-            let (chunk, tail) = rest.split_at(rest.len().min(MAX_CONTENT));
+            let (chunk, tail) = rest.split_at(rest.len().min(self.limit.max_content()));
             let start = Self::begin(out);
             out.extend_from_slice(chunk);
             self.seal(out, start, content_type)?;
@@ -330,9 +406,9 @@ impl RecordLayer {
     }
 
     /// Checks the header at the start of `input` and returns the whole record's length,
-    /// header included; `None` until 5 bytes are there. An oversized length is refused
-    /// before its record has arrived.
-    pub fn record_len(input: &[u8]) -> Result<Option<usize>, TlsRecordError> {
+    /// header included; `None` until 5 bytes are there. A length over the link's limit is
+    /// refused before its record has arrived.
+    pub fn record_len(&self, input: &[u8]) -> Result<Option<usize>, TlsRecordError> {
         let Some(h) = input.get(..HEADER_LEN) else {
             return Ok(None);
         };
@@ -343,8 +419,9 @@ impl RecordLayer {
             return Err(TlsRecordError::Version(u16::from_be_bytes([h[1], h[2]])));
         }
         let len = u16::from_be_bytes([h[3], h[4]]) as usize;
-        if len > MAX_CIPHERTEXT {
-            return Err(TlsRecordError::Oversized(len));
+        let max = self.limit.max_ciphertext();
+        if len > max {
+            return Err(TlsRecordError::Oversized(len, max));
         }
         if len <= TAG_LEN {
             return Err(TlsRecordError::TooShort(len));
@@ -358,7 +435,7 @@ impl RecordLayer {
     /// [`TlsRecordError::CloseNotify`], other alerts are named, handshake messages are
     /// refused.
     pub fn open(&mut self, record: &mut [u8]) -> Result<usize, TlsRecordError> {
-        match Self::record_len(record)? {
+        match self.record_len(record)? {
             Some(len) if len == record.len() => {}
             _ => return Err(TlsRecordError::TooShort(record.len())),
         }
@@ -369,8 +446,9 @@ impl RecordLayer {
             .key
             .open_in_place(nonce, Aad::from(&*header), body)
             .map_err(|_| TlsRecordError::Decrypt)?;
-        if plain.len() > MAX_CONTENT + 1 {
-            return Err(TlsRecordError::PlaintextOversized(plain.len()));
+        let max = self.limit.max_content() + 1;
+        if plain.len() > max {
+            return Err(TlsRecordError::PlaintextOversized(plain.len(), max));
         }
         // TLSInnerPlaintext: content ‖ type ‖ zero padding.
         let Some(type_at) = plain.iter().rposition(|&b| b != 0) else {
@@ -403,7 +481,8 @@ fn mux_len(buf: &[u8]) -> Result<Option<usize>, TlsRecordError> {
 }
 
 /// A tls link's record layer as its driver uses it: mux records (`u16 length ‖ frames`)
-/// carried as TLS application data, one mux record per TLS record when sending.
+/// carried as TLS application data, one mux record per TLS record when sending (at most
+/// [`RecordLimit::max_mux_record`] frame bytes).
 ///
 /// Receiving accepts any split of the byte stream into TLS records: a mux record within one
 /// TLS record (always, from this code) is handed on as a slice of the read buffer; one that
@@ -438,18 +517,34 @@ impl TlsRecords {
     }
 
     /// Starts a mux record at the end of `buf` (a TLS header and the mux length
-    /// placeholders) and returns its start; at most [`MAX_MUX_RECORD`] frame bytes follow.
+    /// placeholders) and returns its start; at most [`Self::max_mux_record`] frame bytes
+    /// follow.
     pub fn begin_record(buf: &mut Vec<u8>) -> usize {
         let start = RecordLayer::begin(buf);
         buf.extend_from_slice(&[0, 0]);
         start
     }
 
+    /// Most frame bytes of one mux record on this link.
+    pub fn max_mux_record(&self) -> usize {
+        self.layer.limit.max_mux_record()
+    }
+
+    /// The size limit of this link's records.
+    pub fn limit(&self) -> RecordLimit {
+        self.layer.limit
+    }
+
+    /// See [`RecordLayer::record_len`].
+    pub fn record_len(&self, input: &[u8]) -> Result<Option<usize>, TlsRecordError> {
+        self.layer.record_len(input)
+    }
+
     /// Seals the mux record begun at `start` as one TLS record, in place.
     pub fn seal_record(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<(), TlsRecordError> {
         let at = start + HEADER_LEN;
         let frames = buf.len() - at - 2;
-        if frames == 0 || frames > MAX_MUX_RECORD {
+        if frames == 0 || frames > self.max_mux_record() {
             buf.truncate(start);
             return Err(TlsRecordError::MuxRecordLength(frames));
         }
@@ -466,7 +561,7 @@ impl TlsRecords {
         frames: std::ops::Range<usize>,
     ) -> Result<std::ops::Range<usize>, TlsRecordError> {
         let len = frames.len();
-        if len == 0 || len > MAX_MUX_RECORD {
+        if len == 0 || len > self.max_mux_record() {
             return Err(TlsRecordError::MuxRecordLength(len));
         }
         if frames.start < HEADER_LEN + 2 {
@@ -545,7 +640,7 @@ impl TlsRecords {
     /// empty).
     fn open_next(&mut self, input: &mut BytesMut) -> Result<bool, TlsRecordError> {
         debug_assert!(self.plain.is_empty());
-        let Some(len) = RecordLayer::record_len(input)? else {
+        let Some(len) = self.layer.record_len(input)? else {
             return Ok(false);
         };
         if input.len() < len {

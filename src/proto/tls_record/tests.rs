@@ -177,7 +177,7 @@ fn pair(
     let secrets = mine.dangerous_extract_secrets().expect("extract");
     assert_eq!((secrets.tx.0, secrets.rx.0), (exchanged, exchanged));
     Pair {
-        ours: RecordLayer::from_secrets(secrets).expect("record layer"),
+        ours: RecordLayer::from_secrets(secrets, RecordLimit::Standard).expect("record layer"),
         theirs,
     }
 }
@@ -194,7 +194,7 @@ fn open_all(ours: &mut RecordLayer, wire: &[u8]) -> Result<(Vec<u8>, usize), Tls
     let mut out = Vec::new();
     let mut records = 0;
     while !input.is_empty() {
-        let len = RecordLayer::record_len(&input)?.expect("a whole header");
+        let len = ours.record_len(&input)?.expect("a whole header");
         assert!(input.len() >= len, "a partial record at the end");
         let mut record = input.split_to(len);
         let n = ours.open(&mut record)?;
@@ -204,8 +204,8 @@ fn open_all(ours: &mut RecordLayer, wire: &[u8]) -> Result<(Vec<u8>, usize), Tls
     Ok((out, records))
 }
 
-fn records_for(len: usize) -> usize {
-    len.div_ceil(MAX_CONTENT).max(1)
+fn records_for(len: usize, limit: RecordLimit) -> usize {
+    len.div_ceil(limit.max_content()).max(1)
 }
 
 #[test]
@@ -248,62 +248,188 @@ fn our_records_and_rustls_records_are_the_same_for_every_suite() {
                 let wire = drain(&mut theirs);
                 let (got, records) = open_all(&mut ours, &wire).expect("we read rustls's records");
                 assert!(got == sent, "{case}: {len} bytes from rustls");
-                let expect = if len == 0 { 0 } else { records_for(len) };
+                let expect = if len == 0 {
+                    0
+                } else {
+                    records_for(len, RecordLimit::Standard)
+                };
                 assert_eq!(records, expect, "{case}: records for {len} bytes");
             }
         }
     }
 }
 
-/// The project's own configs (mutual authentication, the default suite) allow taking the
-/// keys out on both ends, and two of our record layers then talk to each other.
-#[test]
-fn meshd_configs_hand_their_keys_to_the_record_layer_on_both_ends() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Two TLS materials of one mesh CA, for peers `a` and `b`, written under `dir`.
+fn meshd_materials(dir: &std::path::Path) -> (TlsMaterial, TlsMaterial) {
     let ca = certgen::new_ca("tls_record test CA", Validity::days_from_now(2)).expect("ca");
     let material = |name: &str| {
         let cert = certgen::issue(&ca.cert_pem, &ca.key_pem, name, Validity::days_from_now(2))
             .expect("issue");
         let files = TlsFiles {
-            cert: dir.path().join(format!("{name}.crt")),
-            cert_key: dir.path().join(format!("{name}.key")),
-            ca: dir.path().join("ca.crt"),
+            cert: dir.join(format!("{name}.crt")),
+            cert_key: dir.join(format!("{name}.key")),
+            ca: dir.join("ca.crt"),
         };
         certgen::write_public(&files.cert, &cert.cert_pem, true).expect("cert");
         certgen::write_private(&files.cert_key, &cert.key_pem, true).expect("key");
         certgen::write_public(&files.ca, &ca.cert_pem, true).expect("ca");
         TlsMaterial::load(&files, &PeerName::new(name).expect("name"), &[]).expect("load")
     };
-    let (a, b) = (material("a"), material("b"));
+    (material("a"), material("b"))
+}
+
+/// Dialer `b` to acceptor `a` with these configs; both ends finished, keys not yet taken.
+fn meshd_handshake(
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+) -> (Connection, Connection) {
     let mut dialer: Connection =
-        ClientConnection::new(b.client_config(), ServerName::try_from("a").expect("name"))
+        ClientConnection::new(client, ServerName::try_from("a").expect("name"))
             .expect("client")
             .into();
-    let mut acceptor: Connection = ServerConnection::new(a.server_config())
-        .expect("server")
-        .into();
+    let mut acceptor: Connection = ServerConnection::new(server).expect("server").into();
     handshake(&mut dialer, &mut acceptor);
+    (dialer, acceptor)
+}
+
+/// The project's own configs (mutual authentication, the default suite) allow taking the
+/// keys out on both ends and agree on large records; two of our record layers then carry
+/// records of up to 2^16 - 1 bytes, one TLS record per large record's worth of content.
+#[test]
+fn meshd_configs_agree_on_large_records_and_hand_their_keys_to_the_record_layer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = meshd_materials(dir.path());
+    let (dialer, acceptor) = meshd_handshake(b.client_config(), a.server_config());
     assert_eq!(
         acceptor.negotiated_cipher_suite().map(|s| s.suite()),
         Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
     );
-    let mut d = RecordLayer::from_secrets(dialer.dangerous_extract_secrets().expect("dialer"))
-        .expect("dialer layer");
-    let mut a = RecordLayer::from_secrets(acceptor.dangerous_extract_secrets().expect("acceptor"))
-        .expect("acceptor layer");
-    for (i, &len) in SIZES.iter().enumerate() {
+    for end in [&dialer, &acceptor] {
+        assert_eq!(end.alpn_protocol(), Some(LARGE_RECORDS_ALPN));
+    }
+    let limit = RecordLimit::negotiated(dialer.alpn_protocol());
+    assert_eq!(limit, RecordLimit::Large);
+    let mut d =
+        RecordLayer::from_secrets(dialer.dangerous_extract_secrets().expect("dialer"), limit)
+            .expect("dialer layer");
+    let acceptor_limit = RecordLimit::negotiated(acceptor.alpn_protocol());
+    let mut a = RecordLayer::from_secrets(
+        acceptor.dangerous_extract_secrets().expect("acceptor"),
+        acceptor_limit,
+    )
+    .expect("acceptor layer");
+    let sizes = [
+        0,
+        1,
+        MAX_CONTENT + 1,
+        LARGE_MAX_CONTENT,
+        LARGE_MAX_CONTENT + 1,
+        200_000,
+    ];
+    for (i, &len) in sizes.iter().enumerate() {
         let sent = data(len, i as u8);
         let mut wire = Vec::new();
         d.seal_all(APPLICATION_DATA, &sent, &mut wire)
             .expect("seal");
         let (got, records) = open_all(&mut a, &wire).expect("open");
         assert!(got == sent, "{len} bytes dialer to acceptor");
-        assert_eq!(records, records_for(len), "{len} bytes dialer to acceptor");
+        assert_eq!(
+            records,
+            records_for(len, limit),
+            "{len} bytes dialer to acceptor"
+        );
         let mut wire = Vec::new();
         a.seal_all(APPLICATION_DATA, &sent, &mut wire)
             .expect("seal");
-        let (got, _) = open_all(&mut d, &wire).expect("open");
+        let (got, records) = open_all(&mut d, &wire).expect("open");
         assert!(got == sent, "{len} bytes acceptor to dialer");
+        assert_eq!(
+            records,
+            records_for(len, limit),
+            "{len} bytes acceptor to dialer"
+        );
+    }
+    // A largest mux record is one TLS record of the header's largest length.
+    let mut records = TlsRecords::new(d, Bytes::new());
+    assert_eq!(records.max_mux_record(), LARGE_MAX_CONTENT - 2);
+    let mut wire = Vec::new();
+    let start = TlsRecords::begin_record(&mut wire);
+    wire.extend_from_slice(&data(records.max_mux_record(), 9));
+    records.seal_record(&mut wire, start).expect("seal");
+    assert_eq!(wire.len(), HEADER_LEN + LARGE_MAX_CIPHERTEXT);
+    let mut receiver = TlsRecords::new(a, Bytes::new());
+    let mut input = BytesMut::from(&wire[..]);
+    let got = receiver
+        .next_record(&mut input)
+        .expect("open")
+        .expect("record");
+    assert!(got == data(records.max_mux_record(), 9));
+}
+
+/// An end that offers no ALPN, as a meshd from before large records, gets standard records
+/// from either side: a meshd dialer against such an acceptor, and such a dialer against a
+/// meshd acceptor. rustls on the older end then reads what our layer sends, 2^14 content
+/// bytes per record at most.
+#[test]
+fn an_end_without_large_records_gets_standard_records_either_way() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = meshd_materials(dir.path());
+    let older_client = {
+        let mut c = (*b.client_config()).clone();
+        c.alpn_protocols.clear();
+        Arc::new(c)
+    };
+    let older_server = {
+        let mut s = (*a.server_config()).clone();
+        s.alpn_protocols.clear();
+        Arc::new(s)
+    };
+    for (case, client, server, extract) in [
+        (
+            "older acceptor",
+            b.client_config(),
+            older_server,
+            Extract::Client,
+        ),
+        (
+            "older dialer",
+            older_client,
+            a.server_config(),
+            Extract::Server,
+        ),
+    ] {
+        let (dialer, acceptor) = meshd_handshake(client, server);
+        let (ours, mut theirs) = match extract {
+            Extract::Client => (dialer, acceptor),
+            Extract::Server => (acceptor, dialer),
+        };
+        assert_eq!(ours.alpn_protocol(), None, "{case}");
+        let limit = RecordLimit::negotiated(ours.alpn_protocol());
+        assert_eq!(limit, RecordLimit::Standard, "{case}");
+        let layer =
+            RecordLayer::from_secrets(ours.dangerous_extract_secrets().expect("keys"), limit)
+                .expect("layer");
+        let mut records = TlsRecords::new(layer, Bytes::new());
+        assert_eq!(records.max_mux_record(), MAX_MUX_RECORD, "{case}");
+        let mut wire = Vec::new();
+        let mut expect = Vec::new();
+        for (i, len) in [MAX_MUX_RECORD, 3, MAX_MUX_RECORD].into_iter().enumerate() {
+            let start = TlsRecords::begin_record(&mut wire);
+            wire.extend_from_slice(&data(len, i as u8));
+            records.seal_record(&mut wire, start).expect("seal");
+            expect.extend_from_slice(&(len as u16).to_be_bytes());
+            expect.extend_from_slice(&data(len, i as u8));
+        }
+        let got = feed(&mut theirs, &wire).expect("the older end reads our records");
+        assert!(got.data == expect, "{case}");
+        // And a mux record of large-record size does not fit: refused, not split.
+        let start = TlsRecords::begin_record(&mut wire);
+        wire.resize(start + HEADER_LEN + 2 + MAX_MUX_RECORD + 1, 0);
+        assert_eq!(
+            records.seal_record(&mut wire, start),
+            Err(TlsRecordError::MuxRecordLength(MAX_MUX_RECORD + 1)),
+            "{case}"
+        );
     }
 }
 
@@ -327,7 +453,8 @@ fn rustls_reads_our_mux_records_one_tls_record_each() {
     // Each mux record is exactly one TLS record: walk the headers.
     let mut at = 0;
     for &len in &sizes {
-        let record = RecordLayer::record_len(&wire[at..])
+        let record = records
+            .record_len(&wire[at..])
             .expect("header")
             .expect("whole header");
         assert_eq!(record, HEADER_LEN + 2 + len + 1 + TAG_LEN);
@@ -437,8 +564,17 @@ fn a_mux_record_within_one_tls_record_is_not_copied() {
 }
 
 /// A sending and a receiving record layer with the same keys (send of the first is the
-/// receive of the second), starting at `seq`.
+/// receive of the second), starting at `seq`, with standard records.
 fn layers(alg: &'static aead::Algorithm, seq: u64) -> (RecordLayer, RecordLayer) {
+    layers_with(alg, seq, RecordLimit::Standard)
+}
+
+/// As [`layers`], with records of `limit`.
+fn layers_with(
+    alg: &'static aead::Algorithm,
+    seq: u64,
+    limit: RecordLimit,
+) -> (RecordLayer, RecordLayer) {
     let key = vec![0x42; alg.key_len()];
     let iv = [0x24; NONCE_LEN];
     let other = vec![0x17; alg.key_len()];
@@ -447,10 +583,12 @@ fn layers(alg: &'static aead::Algorithm, seq: u64) -> (RecordLayer, RecordLayer)
         RecordLayer {
             send: dir(&key),
             recv: dir(&other),
+            limit,
         },
         RecordLayer {
             send: dir(&other),
             recv: dir(&key),
+            limit,
         },
     )
 }
@@ -574,26 +712,43 @@ fn record_headers_are_checked_before_the_record_arrives() {
     let mut input = BytesMut::from(&header(MAX_CIPHERTEXT + 1)[..]);
     assert_eq!(
         records.next_record(&mut input),
-        Err(TlsRecordError::Oversized(MAX_CIPHERTEXT + 1))
+        Err(TlsRecordError::Oversized(
+            MAX_CIPHERTEXT + 1,
+            MAX_CIPHERTEXT
+        ))
     );
     assert_eq!(
-        RecordLayer::record_len(&header(MAX_CIPHERTEXT)),
+        records.record_len(&header(MAX_CIPHERTEXT)),
         Ok(Some(HEADER_LEN + MAX_CIPHERTEXT))
     );
     assert_eq!(
-        RecordLayer::record_len(&header(TAG_LEN)),
+        records.record_len(&header(TAG_LEN)),
         Err(TlsRecordError::TooShort(TAG_LEN))
     );
     assert_eq!(
-        RecordLayer::record_len(&[0x14, 0x03, 0x03, 0, 1]),
+        records.record_len(&[0x14, 0x03, 0x03, 0, 1]),
         Err(TlsRecordError::OuterType(0x14)),
         "a ChangeCipherSpec after the handshake"
     );
     assert_eq!(
-        RecordLayer::record_len(&[0x17, 0x03, 0x04, 0, 40]),
+        records.record_len(&[0x17, 0x03, 0x04, 0, 40]),
         Err(TlsRecordError::Version(0x0304))
     );
-    assert_eq!(RecordLayer::record_len(&[0x17, 0x03, 0x03, 0]), Ok(None));
+    assert_eq!(records.record_len(&[0x17, 0x03, 0x03, 0]), Ok(None));
+    // A link that agreed on large records takes every length the header can carry; one
+    // that did not refuses a large peer's record before it has arrived.
+    let (large, _) = layers_with(&aead::AES_128_GCM, 0, RecordLimit::Large);
+    assert_eq!(
+        large.record_len(&header(LARGE_MAX_CIPHERTEXT)),
+        Ok(Some(HEADER_LEN + LARGE_MAX_CIPHERTEXT))
+    );
+    assert_eq!(
+        records.record_len(&header(LARGE_MAX_CIPHERTEXT)),
+        Err(TlsRecordError::Oversized(
+            LARGE_MAX_CIPHERTEXT,
+            MAX_CIPHERTEXT
+        ))
+    );
 }
 
 /// Hand-built inner plaintexts: padding is stripped, the content type decides.
@@ -659,7 +814,10 @@ fn inner_content_types_padding_and_alerts() {
         (
             "oversized plaintext",
             [vec![0; MAX_CONTENT + 1], vec![0x17]].concat(),
-            Err(TlsRecordError::PlaintextOversized(MAX_CONTENT + 2)),
+            Err(TlsRecordError::PlaintextOversized(
+                MAX_CONTENT + 2,
+                MAX_CONTENT + 1,
+            )),
         ),
     ];
     for (what, inner, want) in cases {
@@ -812,14 +970,21 @@ fn damaged_streams_never_panic() {
 /// sequence numbers of both paths are one count.
 #[test]
 fn a_record_sealed_in_its_own_buffer_is_the_same_record() {
-    let (tx1, _) = layers(&aead::AES_256_GCM, 5);
-    let (tx2, rx) = layers(&aead::AES_256_GCM, 5);
+    for limit in [RecordLimit::Standard, RecordLimit::Large] {
+        same_record_in_place_and_in_the_write_buffer(limit);
+    }
+}
+
+fn same_record_in_place_and_in_the_write_buffer(limit: RecordLimit) {
+    let (tx1, _) = layers_with(&aead::AES_256_GCM, 5, limit);
+    let (tx2, rx) = layers_with(&aead::AES_256_GCM, 5, limit);
     let mut in_wbuf = TlsRecords::new(tx1, Bytes::new());
     let mut in_place = TlsRecords::new(tx2, Bytes::new());
     let mut receiver = TlsRecords::new(rx, Bytes::new());
     let mut expected = Vec::new();
     let mut got = Vec::new();
-    for (i, len) in [1, 700, MAX_MUX_RECORD].into_iter().enumerate() {
+    let sizes = [1, 700, MAX_MUX_RECORD, limit.max_mux_record()];
+    for (i, len) in sizes.into_iter().enumerate() {
         let frames = data(len, i as u8);
         let start = TlsRecords::begin_record(&mut expected);
         expected.extend_from_slice(&frames);
@@ -836,9 +1001,9 @@ fn a_record_sealed_in_its_own_buffer_is_the_same_record() {
         assert_eq!(range, 3..buf.len() - 4);
         got.extend_from_slice(&buf[range]);
     }
-    assert!(got == expected, "records differ");
+    assert!(got == expected, "records differ ({limit:?})");
     let mut input = BytesMut::from(&got[..]);
-    for (i, len) in [1, 700, MAX_MUX_RECORD].into_iter().enumerate() {
+    for (i, len) in sizes.into_iter().enumerate() {
         let record = receiver
             .next_record(&mut input)
             .expect("open")
@@ -872,6 +1037,14 @@ fn sealing_in_place_checks_the_room_and_the_size() {
     assert_eq!(
         a.seal_slice(&mut big, 10..11 + MAX_MUX_RECORD),
         Err(TlsRecordError::MuxRecordLength(MAX_MUX_RECORD + 1))
+    );
+    let (large, _) = layers_with(&aead::AES_128_GCM, 0, RecordLimit::Large);
+    let mut large = TlsRecords::new(large, Bytes::new());
+    let max = large.max_mux_record();
+    let mut big = vec![0u8; max + 100];
+    assert_eq!(
+        large.seal_slice(&mut big, 10..11 + max),
+        Err(TlsRecordError::MuxRecordLength(max + 1))
     );
     // Nothing was sealed, so both still produce the record of sequence number 0.
     let (mut x, mut y) = (vec![1u8; 60], vec![1u8; 60]);
