@@ -164,23 +164,34 @@ fn run(args: RunArgs) -> Result<()> {
         metrics: metrics.clone(),
         cells: BTreeMap::new(),
     };
+    let mut present = Vec::new();
     for &adapter in &adapters {
-        if let Some(missing) = adapter.missing() {
-            eprintln!("[{adapter}] skipped: {missing}");
-            for &m in &metrics {
-                results
-                    .cells
-                    .insert((adapter, m), Cell::Skipped(missing.clone()));
+        match adapter.missing() {
+            Some(missing) => {
+                eprintln!("[{adapter}] skipped: {missing}");
+                for &m in &metrics {
+                    results
+                        .cells
+                        .insert((adapter, m), Cell::Skipped(missing.clone()));
+                }
             }
-            continue;
+            None => present.push(adapter),
         }
-        let mut bench = AdapterBench {
-            adapter,
-            runs,
-            settings,
-            cells: &mut results.cells,
-        };
-        bench.run(&phases);
+    }
+    // Round by round, every adapter in turn: this machine's speed drifts over minutes
+    // (shared cores), and a drift then spreads over every column instead of favouring the
+    // adapters measured in a quiet stretch.
+    for round in 0..runs {
+        for &adapter in &present {
+            let mut bench = AdapterBench {
+                adapter,
+                round,
+                runs,
+                settings,
+                cells: &mut results.cells,
+            };
+            bench.run(&phases);
+        }
     }
     let md = results.write(&args.out)?;
     println!("{}", results.markdown(None));
@@ -196,9 +207,11 @@ fn join<T: std::fmt::Display>(items: &[T]) -> String {
         .join(",")
 }
 
-/// Runs the selected phases for one adapter, recording values or failures.
+/// Runs one round of the selected phases for one adapter, recording values or failures.
 struct AdapterBench<'a> {
     adapter: AdapterKind,
+    /// This round (from 0) of `runs`.
+    round: usize,
     runs: usize,
     settings: Settings,
     cells: &'a mut BTreeMap<(AdapterKind, Metric), Cell>,
@@ -206,9 +219,16 @@ struct AdapterBench<'a> {
 
 impl AdapterBench<'_> {
     fn run(&mut self, phases: &[Phase]) {
+        // A phase that failed in an earlier round stays failed: its other rounds would be a
+        // half-measured median.
+        let phases: Vec<Phase> = phases
+            .iter()
+            .copied()
+            .filter(|p| !self.failed(*p))
+            .collect();
         let has = |p: Phase| phases.contains(&p);
         if !self.adapter.has_tunnel() {
-            for p in phases {
+            for p in &phases {
                 for &m in p.metrics().iter().filter(|m| m.tunnel_only()) {
                     self.cells.insert((self.adapter, m), Cell::NotApplicable);
                 }
@@ -238,7 +258,16 @@ impl AdapterBench<'_> {
         }
     }
 
-    /// Marks every metric of `phases` that has no value yet as failed.
+    /// Whether a metric of `phase` failed in an earlier round.
+    fn failed(&self, phase: Phase) -> bool {
+        phase
+            .metrics()
+            .iter()
+            .any(|&m| matches!(self.cells.get(&(self.adapter, m)), Some(Cell::Failed(_))))
+    }
+
+    /// Marks every metric of `phases` that has no value for this round yet as failed;
+    /// earlier rounds' values of such a metric are dropped with it.
     fn fail(&mut self, phases: &[Phase], e: &anyhow::Error) {
         let reason = format!("{e:#}");
         eprintln!("[{}] {} failed: {reason}", self.adapter, join(phases));
@@ -248,7 +277,7 @@ impl AdapterBench<'_> {
                     .cells
                     .entry((self.adapter, m))
                     .or_insert_with(|| Cell::Failed(reason.clone()));
-                if matches!(cell, Cell::Values(v) if v.is_empty()) {
+                if matches!(cell, Cell::Values(v) if v.len() <= self.round) {
                     *cell = Cell::Failed(reason.clone());
                 }
             }
@@ -269,25 +298,27 @@ impl AdapterBench<'_> {
         }
     }
 
-    /// Runs `f` `self.runs` times, recording each result; a failure marks `phase` failed
-    /// (keeping earlier runs out of the median: a half-measured phase is not reported).
+    /// Runs `f` once for this round, recording its result; a failure marks `phase` failed
+    /// (keeping earlier rounds out of the median: a half-measured phase is not reported).
     fn repeat(
         &mut self,
         phase: Phase,
         tunnel: &mut Tunnel,
         mut f: impl FnMut(&mut Tunnel) -> Result<Vec<(Metric, f64)>>,
     ) {
-        for run in 0..self.runs {
-            eprintln!("[{}] {phase} run {}/{}", self.adapter, run + 1, self.runs);
-            match f(tunnel) {
-                Ok(values) => self.record(values),
-                Err(e) => {
-                    for &m in phase.metrics() {
-                        self.cells.remove(&(self.adapter, m));
-                    }
-                    self.fail(&[phase], &e);
-                    return;
+        eprintln!(
+            "[{}] {phase} run {}/{}",
+            self.adapter,
+            self.round + 1,
+            self.runs
+        );
+        match f(tunnel) {
+            Ok(values) => self.record(values),
+            Err(e) => {
+                for &m in phase.metrics() {
+                    self.cells.remove(&(self.adapter, m));
                 }
+                self.fail(&[phase], &e);
             }
         }
     }
