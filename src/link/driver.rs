@@ -7,8 +7,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::future::Future;
 use std::io::IoSlice;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -112,6 +114,38 @@ pub(crate) struct Driver {
     rbuf: BytesMut,
     out: Outbox,
     rtt: RttObserver,
+    /// A token fired (see [`watch_tokens`]); acted on after the command batch.
+    stop: Option<Stop>,
+}
+
+/// What a fired link token asks of the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// Close now (after a short flush).
+    Cancel,
+    /// GOAWAY, then close once the open streams are done.
+    Drain,
+}
+
+/// Sends [`Cmd::Stop`] to the link's driver when `drain` or `cancel` fires; ends when the
+/// driver closes its command channel, or after cancelling.
+async fn watch_tokens(cancel: CancellationToken, drain: CancellationToken, tx: mpsc::Sender<Cmd>) {
+    let mut drained = false;
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = cancel.cancelled() => {
+                let _ = tx.send(Cmd::Stop { drain: false }).await;
+                return;
+            }
+            _ = drain.cancelled(), if !drained => {
+                drained = true;
+                if tx.send(Cmd::Stop { drain: true }).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl Driver {
@@ -147,6 +181,7 @@ impl Driver {
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             out: Outbox::default(),
             rtt,
+            stop: None,
         }
     }
 
@@ -161,7 +196,11 @@ impl Driver {
         cancel: CancellationToken,
         drain: CancellationToken,
     ) -> LinkError {
-        let err = self.serve(&mut socket, &mut cmds, &cancel, &drain).await;
+        // The tokens reach the driver as commands: polling two tokens in the select on
+        // every turn (one per message when traffic is light) took two locks each. The
+        // watcher ends when the command channel closes below.
+        tokio::spawn(watch_tokens(cancel, drain, self.cmds_tx.clone()));
+        let err = self.serve(&mut socket, &mut cmds).await;
         for (_, slot) in self.streams.drain() {
             slot.credit.close();
         }
@@ -169,19 +208,20 @@ impl Driver {
         err
     }
 
-    async fn serve(
-        &mut self,
-        socket: &mut TcpStream,
-        cmds: &mut mpsc::Receiver<Cmd>,
-        cancel: &CancellationToken,
-        drain: &CancellationToken,
-    ) -> LinkError {
+    async fn serve(&mut self, socket: &mut TcpStream, cmds: &mut mpsc::Receiver<Cmd>) -> LinkError {
         let (mut rd, mut wr) = socket.split();
         let mut draining = false;
         // A TLS handshake may have read the first records along with its last message.
         if let Err(e) = self.on_readable() {
             return e;
         }
+        // Outlives the turns of the loop, so a turn re-arms no timer unless the deadline
+        // moved, and registers this task with it only once per deadline: a registered timer
+        // wakes the task when it fires, and the turn that follows sees it elapsed.
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
+        let mut registered = false;
         loop {
             if let Err(e) = self.fill_write_buffer() {
                 return e;
@@ -196,31 +236,18 @@ impl Driver {
                 return LinkError::Drained;
             }
             let deadline = self.mux.poll_timeout();
-            let timer = async move {
-                match deadline {
-                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
-                    None => std::future::pending().await,
+            if deadline != armed {
+                if let Some(t) = deadline {
+                    timer.as_mut().reset(tokio::time::Instant::from_std(t));
                 }
-            };
+                armed = deadline;
+                registered = false;
+            }
             let pending_write = self.out.pending() > 0;
             if self.rbuf.capacity() - self.rbuf.len() < MAX_RECORD_PLAINTEXT {
                 self.rbuf.reserve(READ_CHUNK);
             }
             tokio::select! {
-                _ = drain.cancelled(), if !draining => {
-                    draining = true;
-                    self.mux.go_away(0);
-                }
-                _ = cancel.cancelled() => {
-                    self.mux.go_away(0);
-                    let _ = self.fill_write_buffer();
-                    if let Transport::Tls(tls) = &mut self.transport {
-                        let _ = tls.close(&mut self.out.wbuf);
-                    }
-                    let flush = self.out.write_all(&mut wr);
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), flush).await;
-                    return LinkError::Cancelled;
-                }
                 r = rd.read_buf(&mut self.rbuf) => match r {
                     Ok(0) => return LinkError::Closed,
                     Ok(n) => {
@@ -248,8 +275,37 @@ impl Driver {
                         }
                         crate::busy_poll::note(bytes);
                     }
+                    match self.stop.take() {
+                        Some(Stop::Cancel) => {
+                            self.mux.go_away(0);
+                            let _ = self.fill_write_buffer();
+                            if let Transport::Tls(tls) = &mut self.transport {
+                                let _ = tls.close(&mut self.out.wbuf);
+                            }
+                            let flush = self.out.write_all(&mut wr);
+                            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), flush)
+                                .await;
+                            return LinkError::Cancelled;
+                        }
+                        Some(Stop::Drain) if !draining => {
+                            draining = true;
+                            self.mux.go_away(0);
+                        }
+                        Some(Stop::Drain) | None => {}
+                    }
                 }
-                _ = timer => {
+                _ = std::future::poll_fn(|cx| {
+                    if timer.is_elapsed() {
+                        Poll::Ready(())
+                    } else if registered {
+                        Poll::Pending
+                    } else {
+                        registered = true;
+                        timer.as_mut().poll(cx)
+                    }
+                }), if armed.is_some() => {
+                    // Fired: re-armed for the next deadline on the next turn.
+                    armed = None;
                     if let Err(e) = self.mux.handle_timeout(Instant::now()) {
                         return LinkError::Protocol(e);
                     }
@@ -441,6 +497,14 @@ impl Driver {
                 self.mux.reset(stream, code);
             }
             Cmd::Consumed { stream, n } => self.mux.consumed_at(stream, n, Instant::now()),
+            Cmd::Stop { drain } => {
+                // Cancellation wins over a drain that came in the same batch.
+                if !drain {
+                    self.stop = Some(Stop::Cancel);
+                } else if self.stop.is_none() {
+                    self.stop = Some(Stop::Drain);
+                }
+            }
         }
         bytes
     }

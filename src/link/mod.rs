@@ -139,6 +139,9 @@ pub(crate) enum Cmd {
     Reset { stream: StreamId, code: ResetCode },
     /// The local socket accepted `n` bytes: return that much credit to the peer.
     Consumed { stream: StreamId, n: usize },
+    /// The link's drain (`drain: true`) or cancellation token fired; sent by the link's
+    /// own token watcher, not by streams.
+    Stop { drain: bool },
 }
 
 /// Why a stream could not be opened on a link.
