@@ -5,7 +5,7 @@
 //! It never waits on a stream's local socket: inbound data goes to each stream's
 //! unbounded channel, which the per-stream credit window bounds.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::io::IoSlice;
@@ -27,6 +27,7 @@ use crate::config::{Limits, PeerName};
 use crate::proto::frame::{OpenError, ResetCode, StreamId, HEADER_LEN};
 use crate::proto::handshake::{MAX_RECORD_PLAINTEXT, TAG_LEN};
 use crate::proto::mux::{Event, Mux, MuxConfig, Role};
+use crate::proto::StreamMap;
 
 /// Encrypted bytes queued for the socket before the driver stops pulling from the mux.
 const WRITE_HIGH_WATER: usize = 512 * 1024;
@@ -105,7 +106,7 @@ pub(crate) struct Driver {
     peer: PeerName,
     mux: Mux,
     transport: Transport,
-    streams: HashMap<StreamId, Slot>,
+    streams: StreamMap<Slot>,
     cmds_tx: mpsc::Sender<Cmd>,
     exits: Option<Arc<dyn Exits>>,
     window: u32,
@@ -173,7 +174,7 @@ impl Driver {
             peer,
             mux: Mux::new(role, mux_config(limits, max_record), Instant::now()),
             transport,
-            streams: HashMap::new(),
+            streams: StreamMap::default(),
             cmds_tx,
             exits,
             window: limits.stream_window,

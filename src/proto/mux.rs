@@ -5,7 +5,7 @@
 //! fills records with [`Mux::poll_transmit`] (which may also emit `Closed` events, so poll
 //! events after it), and sleeps until [`Mux::poll_timeout`]. Nothing here reads a clock.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -315,7 +315,7 @@ impl Control {
 pub struct Mux {
     role: Role,
     cfg: MuxConfig,
-    streams: HashMap<StreamId, Stream>,
+    streams: super::StreamMap<Stream>,
     /// Dialer: the next id `open` hands out.
     next_id: StreamId,
     /// Acceptor: the highest id an OPEN carried.
@@ -354,7 +354,7 @@ impl Mux {
         Mux {
             role,
             cfg,
-            streams: HashMap::new(),
+            streams: super::StreamMap::default(),
             next_id: 1,
             highest_seen: 0,
             events: VecDeque::new(),
@@ -921,6 +921,7 @@ impl Mux {
 mod tests {
     use super::*;
     use crate::proto::chunk::roomy;
+    use std::collections::HashMap;
 
     const SEC: Duration = Duration::from_secs(1);
 
