@@ -71,7 +71,9 @@ pub async fn splice(
         credit,
         cmds,
         read_segment,
+        report_every,
     } = handle;
+    let report = |unreported: usize| (unreported >= report_every).then_some(unreported);
     let (mut rd, mut wr) = socket.into_split();
     let mut sent = 0u64;
     let mut received = 0u64;
@@ -124,6 +126,8 @@ pub async fn splice(
         // Chunks taken from the channel and not yet written; reused for every batch.
         let mut batch: Vec<Bytes> = Vec::new();
         let mut next: Option<StreamEvent> = None;
+        // Written to the local socket, not yet reported as consumed (StreamHandle::consumed).
+        let mut unreported = 0usize;
         loop {
             let event = match next.take() {
                 Some(event) => Some(event),
@@ -154,7 +158,11 @@ pub async fn splice(
                     if let Some(c) = counters {
                         c.received(n as u64);
                     }
-                    let _ = cmds.send(Cmd::Consumed { stream: id, n }).await;
+                    unreported += n;
+                    if let Some(n) = report(unreported) {
+                        unreported = 0;
+                        let _ = cmds.send(Cmd::Consumed { stream: id, n }).await;
+                    }
                 }
                 Some(StreamEvent::OpenOk) => {}
                 Some(StreamEvent::Fin) => {

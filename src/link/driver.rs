@@ -392,6 +392,7 @@ impl Driver {
             credit,
             cmds: self.cmds_tx.clone(),
             read_segment: self.read_segment,
+            report_every: (self.window as usize / 4).max(1),
         }
     }
 

@@ -170,6 +170,13 @@ pub struct StreamHandle {
     /// record where it lies; on tls links with standard records it is [`BULK_READ`] and
     /// the pieces are copied into records.
     pub(crate) read_segment: usize,
+    /// The stream reports bytes written to its local socket ([`Cmd::Consumed`]) once this
+    /// many are unreported: a quarter of the initial window. The mux grants a WINDOW once
+    /// half the stream's window (never less than the initial one) was consumed since the
+    /// last grant, so this never holds a grant back: with all credit used up, at most a
+    /// quarter of the window is unreported and what was reported already reaches the
+    /// half. Small requests and replies then cost the link driver no extra turn each.
+    pub(crate) report_every: usize,
 }
 
 impl fmt::Debug for StreamHandle {
