@@ -16,7 +16,11 @@
 //!   polling there only costs CPU;
 //! - each poll round yields the CPU to any other runnable thread first (`sched_yield`), so
 //!   the processes meshd serves are never kept waiting behind it, and a yield that did run
-//!   another thread halves the window: on a busy machine polling only takes CPU from them.
+//!   another thread halves the window: on a busy machine polling only takes CPU from them;
+//! - but never while this thread has work of its own queued: a stream that has just read
+//!   a request ([`touch`]) wakes the link driver that sends it, and tokio runs the poller
+//!   first if it was queued first. Giving the CPU away there put a round trip through the
+//!   other processes on that CPU between reading a request and forwarding it.
 //!
 //! [`Policy`] is the decision, a plain state machine over `Instant`s, tested without a
 //! runtime. [`note`] is called by each link driver when it moves bytes; [`run`] is the one
@@ -116,6 +120,9 @@ impl Policy {
 static MAX_NANOS: AtomicU64 = AtomicU64::new(0);
 /// True while the poller sleeps, waiting for [`note`] to wake it.
 static PARKED: AtomicBool = AtomicBool::new(false);
+/// Counts [`note`] and [`touch`] calls: the poller gives the CPU away only after a round
+/// in which it did not move.
+static TURNS: AtomicU64 = AtomicU64::new(0);
 /// Time spent polling since start, in nanoseconds (`meshd_busy_poll_seconds_total`).
 static POLLED_NANOS: AtomicU64 = AtomicU64::new(0);
 static WAKE: Notify = Notify::const_new();
@@ -138,6 +145,7 @@ pub fn note(bytes: usize) {
     if max == 0 {
         return;
     }
+    TURNS.fetch_add(1, Ordering::Relaxed);
     POLICY.with(|p| {
         let mut p = p.borrow_mut();
         p.set_max(Duration::from_nanos(max));
@@ -145,6 +153,15 @@ pub fn note(bytes: usize) {
     });
     if PARKED.swap(false, Ordering::Relaxed) {
         WAKE.notify_one();
+    }
+}
+
+/// Records that this thread has work under way that another of its tasks will finish (a
+/// stream read whose bytes the link driver is yet to send): the poller lets it run before
+/// it yields the CPU. Cheap when polling is off: one relaxed load.
+pub fn touch() {
+    if MAX_NANOS.load(Ordering::Relaxed) != 0 {
+        TURNS.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -157,6 +174,7 @@ pub fn polled_seconds() -> f64 {
 /// while there is nothing worth polling for, and never ends.
 pub async fn run() {
     let mut polling_since: Option<Instant> = None;
+    let mut seen = TURNS.load(Ordering::Relaxed);
     loop {
         let now = Instant::now();
         let poll =
@@ -167,13 +185,19 @@ pub async fn run() {
         }
         if poll {
             polling_since = Some(now);
-            // Let any other runnable thread on this CPU go first, then let tokio check its
-            // sockets without blocking (a yielded task makes it poll with a zero timeout).
-            let before = Instant::now();
-            std::thread::yield_now();
-            if before.elapsed() > CONTENDED {
-                POLICY.with(|p| p.borrow_mut().on_contention());
+            // After a quiet round, let any other runnable thread on this CPU go first; then
+            // let tokio check its sockets without blocking (a yielded task makes it poll
+            // with a zero timeout). After a busy one, only the latter: this thread's own
+            // tasks may still be queued behind this one.
+            let turns = TURNS.load(Ordering::Relaxed);
+            if turns == seen {
+                let before = Instant::now();
+                std::thread::yield_now();
+                if before.elapsed() > CONTENDED {
+                    POLICY.with(|p| p.borrow_mut().on_contention());
+                }
             }
+            seen = turns;
             tokio::task::yield_now().await;
             continue;
         }

@@ -114,6 +114,9 @@ pub async fn splice(
             if let Some(c) = counters {
                 c.sent(n as u64);
             }
+            // The link driver sends these bytes next: the busy poller must not give the
+            // CPU away before it has.
+            crate::busy_poll::touch();
             for data in chunks.drain(..) {
                 cmds.send(Cmd::Data { stream: id, data })
                     .await
