@@ -81,112 +81,116 @@ pub async fn splice(
     let mut sent = 0u64;
     let mut received = 0u64;
 
-    let up = async {
-        // Chunks of the last read; a bulk read yields one per record.
-        let mut chunks: Vec<Chunk> = Vec::new();
-        // Whether the last read filled all the room it had: then the next one is vectored.
-        let mut bulk = false;
-        loop {
-            // Read only what the peer has room for, so nothing waits here unsent.
-            let first = credit
-                .acquire()
+    // The two directions, pinned where they are made (the join holds references, not
+    // second copies), in a block that ends their borrows of the socket and counters.
+    let result = {
+        let up = std::pin::pin!(async {
+            // Chunks of the last read; a bulk read yields one per record.
+            let mut chunks: Vec<Chunk> = Vec::new();
+            // Whether the last read filled all the room it had: then the next one is vectored.
+            let mut bulk = false;
+            loop {
+                // Read only what the peer has room for, so nothing waits here unsent.
+                let first = credit
+                    .acquire()
+                    .await
+                    .map_err(|_| Abort::Remote("link lost".into()))?;
+                first.forget();
+                let room = (credit.available_permits() + 1).min(BULK_READ);
+                let (n, filled) = std::future::poll_fn(|cx| {
+                    poll_read_chunks(&mut rd, cx, room, read_segment, bulk, &mut chunks)
+                })
                 .await
-                .map_err(|_| Abort::Remote("link lost".into()))?;
-            first.forget();
-            let room = (credit.available_permits() + 1).min(BULK_READ);
-            let (n, filled) = std::future::poll_fn(|cx| {
-                poll_read_chunks(&mut rd, cx, room, read_segment, bulk, &mut chunks)
-            })
-            .await
-            .map_err(|e| Abort::Local(format!("local read: {e}")))?;
-            bulk = filled;
-            if n == 0 {
-                credit.add_permits(1);
-                cmds.send(Cmd::Fin { stream: id })
-                    .await
-                    .map_err(|_| Abort::Remote("link lost".into()))?;
-                return Ok(());
-            }
-            if n > 1 {
-                match credit.try_acquire_many((n - 1) as u32) {
-                    Ok(p) => p.forget(),
-                    Err(_) => return Err(Abort::Remote("link lost".into())),
-                }
-            }
-            sent += n as u64;
-            if let Some(c) = counters {
-                c.sent(n as u64);
-            }
-            // The link driver sends these bytes next: the busy poller must not give the
-            // CPU away before it has.
-            crate::busy_poll::touch();
-            for data in chunks.drain(..) {
-                cmds.send(Cmd::Data { stream: id, data })
-                    .await
-                    .map_err(|_| Abort::Remote("link lost".into()))?;
-            }
-        }
-    };
-
-    let down = async {
-        // Chunks taken from the channel and not yet written; reused for every batch.
-        let mut batch: Vec<Bytes> = Vec::new();
-        let mut next: Option<StreamEvent> = None;
-        // Written to the local socket, not yet reported as consumed (StreamHandle::consumed).
-        let mut unreported = 0usize;
-        loop {
-            let event = match next.take() {
-                Some(event) => Some(event),
-                None => events.recv().await,
-            };
-            match event {
-                Some(StreamEvent::Data(data)) => {
-                    // Whatever else the link delivered meanwhile goes out in the same write.
-                    let mut n = data.len();
-                    batch.push(data);
-                    while batch.len() < WRITE_BATCH {
-                        match events.try_recv() {
-                            Ok(StreamEvent::Data(more)) => {
-                                n += more.len();
-                                batch.push(more);
-                            }
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    if let Err(e) = write_all_chunks(&mut wr, &mut batch).await {
-                        return Err(Abort::Local(format!("local write: {e}")));
-                    }
-                    received += n as u64;
-                    if let Some(c) = counters {
-                        c.received(n as u64);
-                    }
-                    unreported += n;
-                    if let Some(n) = report(unreported) {
-                        unreported = 0;
-                        let _ = cmds.send(Cmd::Consumed { stream: id, n }).await;
-                    }
-                }
-                Some(StreamEvent::OpenOk) => {}
-                Some(StreamEvent::Fin) => {
-                    let _ = wr.shutdown().await;
+                .map_err(|e| Abort::Local(format!("local read: {e}")))?;
+                bulk = filled;
+                if n == 0 {
+                    credit.add_permits(1);
+                    cmds.send(Cmd::Fin { stream: id })
+                        .await
+                        .map_err(|_| Abort::Remote("link lost".into()))?;
                     return Ok(());
                 }
-                Some(StreamEvent::OpenErr(code)) => {
-                    return Err(Abort::Remote(format!("open refused: {code:?}")))
+                if n > 1 {
+                    match credit.try_acquire_many((n - 1) as u32) {
+                        Ok(p) => p.forget(),
+                        Err(_) => return Err(Abort::Remote("link lost".into())),
+                    }
                 }
-                Some(StreamEvent::Reset(code)) => {
-                    return Err(Abort::Remote(format!("reset by peer: {code:?}")))
+                sent += n as u64;
+                if let Some(c) = counters {
+                    c.sent(n as u64);
                 }
-                None => return Err(Abort::Remote("link lost".into())),
+                // The link driver sends these bytes next: the busy poller must not give the
+                // CPU away before it has.
+                crate::busy_poll::touch();
+                for data in chunks.drain(..) {
+                    cmds.send(Cmd::Data { stream: id, data })
+                        .await
+                        .map_err(|_| Abort::Remote("link lost".into()))?;
+                }
             }
-        }
-    };
+        });
 
-    let result = try_join_woken(up, down).await;
+        let down = std::pin::pin!(async {
+            // Chunks taken from the channel and not yet written; reused for every batch.
+            let mut batch: Vec<Bytes> = Vec::new();
+            let mut next: Option<StreamEvent> = None;
+            // Written to the local socket, not yet reported as consumed (StreamHandle::consumed).
+            let mut unreported = 0usize;
+            loop {
+                let event = match next.take() {
+                    Some(event) => Some(event),
+                    None => events.recv().await,
+                };
+                match event {
+                    Some(StreamEvent::Data(data)) => {
+                        // Whatever else the link delivered meanwhile goes out in the same write.
+                        let mut n = data.len();
+                        batch.push(data);
+                        while batch.len() < WRITE_BATCH {
+                            match events.try_recv() {
+                                Ok(StreamEvent::Data(more)) => {
+                                    n += more.len();
+                                    batch.push(more);
+                                }
+                                Ok(other) => {
+                                    next = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if let Err(e) = write_all_chunks(&mut wr, &mut batch).await {
+                            return Err(Abort::Local(format!("local write: {e}")));
+                        }
+                        received += n as u64;
+                        if let Some(c) = counters {
+                            c.received(n as u64);
+                        }
+                        unreported += n;
+                        if let Some(n) = report(unreported) {
+                            unreported = 0;
+                            let _ = cmds.send(Cmd::Consumed { stream: id, n }).await;
+                        }
+                    }
+                    Some(StreamEvent::OpenOk) => {}
+                    Some(StreamEvent::Fin) => {
+                        let _ = wr.shutdown().await;
+                        return Ok(());
+                    }
+                    Some(StreamEvent::OpenErr(code)) => {
+                        return Err(Abort::Remote(format!("open refused: {code:?}")))
+                    }
+                    Some(StreamEvent::Reset(code)) => {
+                        return Err(Abort::Remote(format!("reset by peer: {code:?}")))
+                    }
+                    None => return Err(Abort::Remote("link lost".into())),
+                }
+            }
+        });
+
+        try_join_woken(up, down).await
+    };
     match result {
         Ok(()) => SpliceEnd::Clean { sent, received },
         Err(abort) => {
@@ -212,13 +216,13 @@ pub async fn splice(
 
 /// `tokio::try_join!` for a stream's two directions, except that each is polled only after
 /// its own waker fired: a small message one way then costs no poll of the other way (its
-/// socket readiness, its credit, its channel) on each wake-up of the stream's task.
+/// socket readiness, its credit, its channel) on each wake-up of the stream's task. It
+/// takes the halves pinned by the caller: taken by value, they were held twice in the
+/// stream task (the arguments and their pinned copies), 1 KiB more per stream and end.
 async fn try_join_woken<E>(
-    a: impl Future<Output = Result<(), E>>,
-    b: impl Future<Output = Result<(), E>>,
+    mut a: Pin<&mut impl Future<Output = Result<(), E>>>,
+    mut b: Pin<&mut impl Future<Output = Result<(), E>>>,
 ) -> Result<(), E> {
-    let mut a = std::pin::pin!(a);
-    let mut b = std::pin::pin!(b);
     let flags = [Arc::new(HalfWaker::new()), Arc::new(HalfWaker::new())];
     let wakers = [Waker::from(flags[0].clone()), Waker::from(flags[1].clone())];
     let mut done = [false, false];
@@ -536,7 +540,9 @@ mod tests {
         let (a_tx, mut a_rx) = mpsc::unbounded_channel();
         let (b_tx, mut b_rx) = mpsc::unbounded_channel();
         let (a_polls, b_polls) = (Cell::new(0), Cell::new(0));
-        let join = try_join_woken(half(&a_polls, &mut a_rx, 3), half(&b_polls, &mut b_rx, 1));
+        let a = std::pin::pin!(half(&a_polls, &mut a_rx, 3));
+        let b = std::pin::pin!(half(&b_polls, &mut b_rx, 1));
+        let join = try_join_woken(a, b);
         let mut join = std::pin::pin!(join);
         // Polls the join once, without waiting.
         macro_rules! poll {
@@ -564,7 +570,9 @@ mod tests {
         let (a_tx, mut a_rx) = mpsc::unbounded_channel();
         let (_b_tx, mut b_rx) = mpsc::unbounded_channel();
         let (a_polls, b_polls) = (Cell::new(0), Cell::new(0));
-        let join = try_join_woken(half(&a_polls, &mut a_rx, 5), half(&b_polls, &mut b_rx, 5));
+        let a = std::pin::pin!(half(&a_polls, &mut a_rx, 5));
+        let b = std::pin::pin!(half(&b_polls, &mut b_rx, 5));
+        let join = try_join_woken(a, b);
         a_tx.send(Err("cut")).expect("send");
         assert_eq!(
             join.await,
