@@ -208,6 +208,33 @@ async fn a_tls_pair_and_a_noise_pair_carry_streams_at_once() {
     .await;
 }
 
+/// A TLS 1.3 client configuration as a meshd dialer's, but with no ALPN: trusting the CA
+/// certificates of `trusted_ca_pem` and presenting `cert`.
+fn tls13_client_config(trusted_ca_pem: &str, cert: &Issued) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(trusted_ca_pem.as_bytes()) {
+        roots.add(c.expect("ca pem")).expect("add root");
+    }
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("key pem");
+    rustls::ClientConfig::builder_with_provider(meshd::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![CertificateDer::from(cert.der.clone())], key)
+        .expect("client cert")
+}
+
+/// A connection to a mesh port that has sent the tls preamble claiming to be `claimed`.
+async fn tls_preamble_sent(addr: SocketAddr, claimed: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect mesh port");
+    let preamble = Preamble {
+        mode: AuthMode::Tls,
+        name: PeerName::new(claimed).expect("name"),
+    };
+    tcp.write_all(&preamble.encode()).await.expect("preamble");
+    tcp
+}
+
 /// A hand-made tls dialer: the preamble naming `claimed`, then a TLS 1.3 client handshake
 /// presenting `cert`, then (if the client side finished) one mux record opening `service`
 /// with `probe` as its first data. Returns whether the client-side handshake finished.
@@ -220,23 +247,8 @@ async fn raw_tls_dial(
     service: &str,
     probe: &[u8],
 ) -> bool {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(trusted_ca_pem.as_bytes()) {
-        roots.add(c.expect("ca pem")).expect("add root");
-    }
-    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("key pem");
-    let config = rustls::ClientConfig::builder_with_provider(meshd::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(vec![CertificateDer::from(cert.der.clone())], key)
-        .expect("client cert");
-    let mut tcp = TcpStream::connect(addr).await.expect("connect mesh port");
-    let preamble = Preamble {
-        mode: AuthMode::Tls,
-        name: PeerName::new(claimed).expect("name"),
-    };
-    tcp.write_all(&preamble.encode()).await.expect("preamble");
+    let config = tls13_client_config(trusted_ca_pem, cert);
+    let tcp = tls_preamble_sent(addr, claimed).await;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = ServerName::try_from(server.to_owned()).expect("server name");
     let Ok(mut tls) = connector.connect(name, tcp).await else {
@@ -878,14 +890,7 @@ async fn a_tls_1_2_only_client_is_refused() {
         PrivateKeyDer::from_pem_slice(b.key_pem.as_bytes()).expect("key"),
     )
     .expect("client config");
-    let mut tcp = TcpStream::connect(mesh.mesh_addr("a"))
-        .await
-        .expect("connect");
-    let preamble = Preamble {
-        mode: AuthMode::Tls,
-        name: PeerName::new("b").expect("name"),
-    };
-    tcp.write_all(&preamble.encode()).await.expect("preamble");
+    let tcp = tls_preamble_sent(mesh.mesh_addr("a"), "b").await;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = ServerName::try_from("a".to_owned()).expect("name");
     let result = common::within(
@@ -1100,26 +1105,9 @@ async fn an_older_dialer_gets_standard_records_and_a_byte_exact_stream() {
     let ca = mesh.ca();
     let c_cert = certgen::issue(&ca.cert_pem, &ca.key_pem, "c", Validity::days_from_now(2))
         .expect("issue c");
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("ca pem"))
-        .expect("root");
-    let key = PrivateKeyDer::from_pem_slice(c_cert.key_pem.as_bytes()).expect("key pem");
-    let config = rustls::ClientConfig::builder_with_provider(meshd::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(vec![CertificateDer::from(c_cert.der.clone())], key)
-        .expect("client cert");
+    let config = tls13_client_config(&ca.cert_pem, &c_cert);
     assert!(config.alpn_protocols.is_empty());
-    let mut tcp = TcpStream::connect(mesh.mesh_addr("a"))
-        .await
-        .expect("connect mesh port");
-    let preamble = Preamble {
-        mode: AuthMode::Tls,
-        name: PeerName::new("c").expect("name"),
-    };
-    tcp.write_all(&preamble.encode()).await.expect("preamble");
+    let tcp = tls_preamble_sent(mesh.mesh_addr("a"), "c").await;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let mut tls = connector
         .connect(ServerName::try_from("a").expect("name"), tcp)
