@@ -76,7 +76,6 @@ pub async fn splice(
         read_segment,
         report_every,
     } = handle;
-    let report = |unreported: usize| (unreported >= report_every).then_some(unreported);
     let (mut rd, mut wr) = socket.into_split();
     let mut sent = 0u64;
     let mut received = 0u64;
@@ -168,8 +167,8 @@ pub async fn splice(
                             c.received(n as u64);
                         }
                         unreported += n;
-                        if let Some(n) = report(unreported) {
-                            unreported = 0;
+                        if unreported >= report_every {
+                            let n = std::mem::take(&mut unreported);
                             let _ = cmds.send(Cmd::Consumed { stream: id, n }).await;
                         }
                     }
@@ -516,7 +515,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::sync::mpsc;
 
-    /// A half that counts its polls and ends after `n` messages (or with the error `e`).
+    /// A half that counts its polls and ends after `n` messages, or at the first error sent.
     async fn half(
         polls: &Cell<u32>,
         rx: &mut mpsc::UnboundedReceiver<Result<(), &'static str>>,

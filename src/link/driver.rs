@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::transport::Transport;
-use super::{Cmd, LinkError, OpenFailure, StreamEvent, StreamHandle};
+use super::{Cmd, LinkError, OpenFailure, Stop, StreamEvent, StreamHandle};
 use crate::admin::RttObserver;
 use crate::config::{Limits, PeerName};
 use crate::proto::frame::{OpenError, ResetCode, StreamId, HEADER_LEN};
@@ -119,15 +119,6 @@ pub(crate) struct Driver {
     stop: Option<Stop>,
 }
 
-/// What a fired link token asks of the driver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stop {
-    /// Close now (after a short flush).
-    Cancel,
-    /// GOAWAY, then close once the open streams are done.
-    Drain,
-}
-
 /// Sends [`Cmd::Stop`] to the link's driver when `drain` or `cancel` fires; ends when the
 /// driver closes its command channel, or after cancelling.
 async fn watch_tokens(cancel: CancellationToken, drain: CancellationToken, tx: mpsc::Sender<Cmd>) {
@@ -136,12 +127,12 @@ async fn watch_tokens(cancel: CancellationToken, drain: CancellationToken, tx: m
         tokio::select! {
             _ = tx.closed() => return,
             _ = cancel.cancelled() => {
-                let _ = tx.send(Cmd::Stop { drain: false }).await;
+                let _ = tx.send(Cmd::Stop(Stop::Cancel)).await;
                 return;
             }
             _ = drain.cancelled(), if !drained => {
                 drained = true;
-                if tx.send(Cmd::Stop { drain: true }).await.is_err() {
+                if tx.send(Cmd::Stop(Stop::Drain)).await.is_err() {
                     return;
                 }
             }
@@ -499,14 +490,8 @@ impl Driver {
                 self.mux.reset(stream, code);
             }
             Cmd::Consumed { stream, n } => self.mux.consumed_at(stream, n, Instant::now()),
-            Cmd::Stop { drain } => {
-                // Cancellation wins over a drain that came in the same batch.
-                if !drain {
-                    self.stop = Some(Stop::Cancel);
-                } else if self.stop.is_none() {
-                    self.stop = Some(Stop::Drain);
-                }
-            }
+            // Cancellation wins over a drain that came in the same batch.
+            Cmd::Stop(stop) => self.stop = self.stop.max(Some(stop)),
         }
         bytes
     }

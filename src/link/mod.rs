@@ -139,9 +139,18 @@ pub(crate) enum Cmd {
     Reset { stream: StreamId, code: ResetCode },
     /// The local socket accepted `n` bytes: return that much credit to the peer.
     Consumed { stream: StreamId, n: usize },
-    /// The link's drain (`drain: true`) or cancellation token fired; sent by the link's
-    /// own token watcher, not by streams.
-    Stop { drain: bool },
+    /// The link's drain or cancellation token fired; sent by the link's own token watcher,
+    /// not by streams.
+    Stop(Stop),
+}
+
+/// What a fired link token asks of the driver; a cancellation outranks a drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Stop {
+    /// GOAWAY, then close once the open streams are done.
+    Drain,
+    /// Close now (after a short flush).
+    Cancel,
 }
 
 /// Why a stream could not be opened on a link.
