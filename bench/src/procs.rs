@@ -4,13 +4,17 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+/// The port picker of the integration tests: ports below the kernel's ephemeral range.
+#[path = "../../tests/common/ports.rs"]
+mod ports;
 
 /// How often process and port waits look again.
 const POLL: Duration = Duration::from_millis(20);
@@ -190,10 +194,12 @@ pub fn find_on_path(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A loopback port nobody listened on a moment ago (bind port 0, read it, release it).
+/// A loopback port that was free a moment ago, from 20000-31999: a port from the kernel's
+/// ephemeral range (a `:0` bind) can be taken as the local port of any outgoing connection
+/// (a link dial, an iperf3 client) before the tunnel binds it (seen on 2026-12-01: meshd
+/// exited with "Address already in use" and a phase failed).
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    Ok(ports::free_port_on(std::net::Ipv4Addr::LOCALHOST.into()))
 }
 
 /// `127.0.0.1:port`.
