@@ -528,7 +528,8 @@ fn one_wrong_key_handshake_counts_once_without_the_claimed_name() {
 
 /// 1 GiB through one stream is counted exactly on both sides. It also prints the
 /// throughput against the same transfer straight to the target, in one run (a figure for
-/// reports, not an assertion): `cargo test --release --test metrics -- --nocapture gib`.
+/// reports, not an assertion):
+/// `cargo test --profile release-nolto --test metrics -- --nocapture gib`.
 #[test]
 fn a_1_gib_stream_is_counted_exactly_and_its_throughput_printed() {
     const GIB: usize = 1 << 30;
