@@ -85,6 +85,15 @@ fn check_output(dir: &Path, log_text: &str) {
     );
     assert!(dir.join("results.json").is_file(), "results.json missing");
     let text = std::fs::read_to_string(&md[0]).expect("read markdown");
+    // The report names the code it measured: this checkout's commit and the binary's age.
+    let source = text
+        .lines()
+        .find_map(|l| l.strip_prefix("- meshd measured: "))
+        .unwrap_or_else(|| panic!("no 'meshd measured' line in:\n{text}"));
+    assert!(
+        source.starts_with("git ") && source.contains(", binary built 20"),
+        "source line {source:?}"
+    );
 
     let rows: Vec<Vec<String>> = text
         .lines()

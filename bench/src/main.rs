@@ -379,6 +379,40 @@ impl AdapterBench<'_> {
     }
 }
 
+/// Which meshd code a run measures, for its results file: the commit of the checkout
+/// meshbench was built from (and whether tracked files differ from it), and when the
+/// `meshd` binary next to meshbench was built. The two together show a stale binary: one
+/// built before the commit it claims, or before local changes.
+fn source_of() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(head) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if changes.is_empty() => format!("git {head}"),
+            Some(_) => format!("git {head} with uncommitted changes"),
+            None => format!("git {head}"),
+        },
+        None => "not a git checkout".to_owned(),
+    };
+    let built = adapters::meshd_binary()
+        .ok()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| format!("binary built {} UTC", report::utc_stamp(d.as_secs()).0))
+        .unwrap_or_else(|| "no meshd binary next to meshbench".to_owned());
+    format!("{commit}, {built}")
+}
+
 fn collect_meta(adapters: &[AdapterKind], runs: usize, s: &Settings, smoke: bool) -> Meta {
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -420,6 +454,7 @@ fn collect_meta(adapters: &[AdapterKind], runs: usize, s: &Settings, smoke: bool
         cpu_model,
         load,
         versions,
+        source: source_of(),
         runs,
         seconds: s.seconds,
         held_conns: s.held_conns,

@@ -41,6 +41,9 @@ pub struct Meta {
     pub load: String,
     /// Tool name → first line of its version output.
     pub versions: BTreeMap<String, String>,
+    /// Which meshd code was measured: the checkout's commit and the binary's build time
+    /// (see `source_of`).
+    pub source: String,
     pub runs: usize,
     pub seconds: u64,
     pub held_conns: usize,
@@ -138,6 +141,7 @@ impl Results {
         let _ = writeln!(s, "- date: {} UTC", m.date);
         let _ = writeln!(s, "- machine: {} CPUs, {}", m.nproc, m.cpu_model);
         let _ = writeln!(s, "- load average at start: {}", m.load);
+        let _ = writeln!(s, "- meshd measured: {}", m.source);
         let _ = writeln!(
             s,
             "- settings: {} run(s) per metric, {} s per measurement, {} held connections{}",
@@ -290,6 +294,7 @@ impl Results {
             "date_utc": m.date,
             "machine": { "nproc": m.nproc, "cpu_model": m.cpu_model, "loadavg_at_start": m.load },
             "versions": m.versions,
+            "source": m.source,
             "settings": { "runs": m.runs, "seconds": m.seconds, "held_conns": m.held_conns, "smoke": m.smoke },
             "metrics": units,
             "adapters": adapters,

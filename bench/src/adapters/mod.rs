@@ -139,6 +139,11 @@ impl FromStr for AdapterKind {
     }
 }
 
+/// The `meshd` binary the meshd adapters start (the one next to meshbench).
+pub fn meshd_binary() -> Result<PathBuf> {
+    meshd::binary()
+}
+
 /// Runs `program args` and returns the first non-empty line of its output (stdout, else
 /// stderr: stunnel prints its version on stderr).
 pub fn tool_version(program: impl Into<PathBuf>, args: &[&str], label: &str) -> Option<String> {
