@@ -13,6 +13,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
 mod adapters;
+mod goals;
 mod metrics;
 mod phases;
 mod procs;

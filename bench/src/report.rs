@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::adapters::AdapterKind;
+use crate::goals;
 use crate::metrics::{Metric, Summary};
 use crate::procs::{self, TempDir};
 
@@ -218,6 +219,7 @@ impl Results {
                 s.push('\n');
             }
         }
+        self.targets_markdown(&mut s);
         if let Some(chart) = chart {
             let _ = writeln!(s, "\n![meshd ratios]({chart})");
         }
@@ -243,6 +245,108 @@ impl Results {
             let _ = writeln!(s, "\n## Skipped and failed\n\n{}", notes.join("\n"));
         }
         s
+    }
+
+    /// The targets section: each target per meshd mode, and the rows where a mode is not
+    /// ahead of every other tunnel. Nothing when the run has no stunnel or no meshd.
+    fn targets_markdown(&self, s: &mut String) {
+        let modes: Vec<AdapterKind> = goals::MODES
+            .into_iter()
+            .filter(|m| self.adapters.contains(m))
+            .collect();
+        if modes.is_empty() || !self.adapters.contains(&AdapterKind::Stunnel) {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\n## Targets\n\nMet when the ratio of the medians meets the bound. In brackets: \
+             the lowest and highest ratio of single rounds (round i of meshd against round i \
+             of stunnel and direct); a spread across the bound means this machine cannot \
+             tell.\n"
+        );
+        let _ = write!(s, "| target |");
+        for m in &modes {
+            let _ = write!(s, " {m} |");
+        }
+        let _ = write!(s, "\n|---|");
+        for _ in &modes {
+            let _ = write!(s, "---|");
+        }
+        s.push('\n');
+        for goal in goals::GOALS
+            .iter()
+            .filter(|g| self.metrics.contains(&g.metric))
+        {
+            let _ = write!(s, "| {} |", goal.text);
+            for &m in &modes {
+                let text = match goal.check(self, m) {
+                    Some(v) => {
+                        let spread = v
+                            .rounds
+                            .map(|(lo, hi)| format!(" [{}–{}]", num(lo), num(hi)))
+                            .unwrap_or_default();
+                        let verdict = if v.met { "met" } else { "**not met**" };
+                        format!("{}{spread} {verdict}", num(v.ratio))
+                    }
+                    None => "—".into(),
+                };
+                let _ = write!(s, " {text} |");
+            }
+            s.push('\n');
+        }
+        let mut behind = Vec::new();
+        for &m in &modes {
+            let rows: Vec<String> = goals::not_ahead(self, m)
+                .into_iter()
+                .map(|(metric, rival, theirs, mine)| {
+                    format!(
+                        "{} ({rival} {}, {m} {})",
+                        metric.label(),
+                        num(theirs),
+                        num(mine)
+                    )
+                })
+                .collect();
+            if !rows.is_empty() {
+                behind.push(format!("- **{m}** behind or tied: {}", rows.join("; ")));
+            }
+        }
+        if behind.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nEvery meshd mode is ahead of stunnel, spiped and rathole on every row."
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "\nRows where a meshd mode is not ahead of every other tunnel:\n\n{}",
+                behind.join("\n")
+            );
+        }
+    }
+
+    fn targets_json(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for goal in goals::GOALS.iter() {
+            let mut per = serde_json::Map::new();
+            for m in goals::MODES {
+                if let Some(v) = goal.check(self, m) {
+                    per.insert(
+                        m.name().to_owned(),
+                        json!({
+                            "ratio": v.ratio,
+                            "round_min": v.rounds.map(|r| r.0),
+                            "round_max": v.rounds.map(|r| r.1),
+                            "met": v.met,
+                        }),
+                    );
+                }
+            }
+            if !per.is_empty() {
+                out.insert(goal.key.to_owned(), serde_json::Value::Object(per));
+            }
+        }
+        serde_json::Value::Object(out)
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -299,6 +403,7 @@ impl Results {
             "metrics": units,
             "adapters": adapters,
             "ratios": ratios,
+            "targets": self.targets_json(),
         })
     }
 
