@@ -85,7 +85,7 @@ pub const MODES: [AdapterKind; 3] = [
 ];
 
 /// The other tunnels meshd must be ahead of on every row.
-const RIVALS: [AdapterKind; 3] = [
+pub const RIVALS: [AdapterKind; 3] = [
     AdapterKind::Stunnel,
     AdapterKind::Spiped,
     AdapterKind::Rathole,
@@ -284,6 +284,25 @@ mod tests {
         assert!(v.met);
         let skipped = results(&[(AdapterKind::MeshdPsk, Metric::IperfP1, &[6.0])]);
         assert_eq!(BULK.check(&skipped, AdapterKind::MeshdPsk), None);
+    }
+
+    #[test]
+    fn the_report_names_only_the_rivals_it_measured() {
+        let mut r = results(&[
+            (AdapterKind::Stunnel, Metric::IperfP1, &[3.0]),
+            (AdapterKind::Rathole, Metric::IperfP1, &[2.2]),
+            (AdapterKind::MeshdNoise, Metric::IperfP1, &[6.4]),
+        ]);
+        r.cells.insert(
+            (AdapterKind::Spiped, Metric::IperfP1),
+            Cell::Skipped("missing: spiped".into()),
+        );
+        let md = r.markdown(None);
+        assert!(
+            md.contains("Every meshd mode is ahead of stunnel, rathole on every row."),
+            "{md}"
+        );
+        assert!(md.contains("| bulk, 1 stream: meshd / stunnel ≥ 2 | 2.13 [2.13–2.13] met |"));
     }
 
     #[test]

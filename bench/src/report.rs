@@ -311,10 +311,16 @@ impl Results {
                 behind.push(format!("- **{m}** behind or tied: {}", rows.join("; ")));
             }
         }
+        let rivals: Vec<String> = goals::RIVALS
+            .into_iter()
+            .filter(|a| self.adapters.contains(a) && !self.status(*a).starts_with("skipped"))
+            .map(|a| a.to_string())
+            .collect();
         if behind.is_empty() {
             let _ = writeln!(
                 s,
-                "\nEvery meshd mode is ahead of stunnel, spiped and rathole on every row."
+                "\nEvery meshd mode is ahead of {} on every row.",
+                rivals.join(", ")
             );
         } else {
             let _ = writeln!(
