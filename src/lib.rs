@@ -18,7 +18,8 @@
 //!   `proto::tls_record` runs their TLS records once rustls has finished the handshake;
 //! - `busy_poll` keeps the runtime thread awake for a moment after small messages, so a
 //!   reply finds it polling instead of asleep;
-//! - `daemon` wires these together and drains them on shutdown.
+//! - `daemon` wires these together and drains them on shutdown; `ports` picks loopback
+//!   ports for daemons started together (the demo, the tests, the benchmark).
 // One function may opt out, with a comment proving its `unsafe` block sound:
 // `forward::splice::read_segments` (a vectored read into a buffer's spare capacity).
 #![deny(unsafe_code)]
@@ -30,5 +31,6 @@ pub mod daemon;
 pub mod forward;
 pub mod keys;
 pub mod link;
+pub mod ports;
 pub mod proto;
 pub mod tls;

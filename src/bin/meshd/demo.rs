@@ -38,13 +38,16 @@ fn default_manifest() -> PathBuf {
 }
 
 /// Loopback ports for the demo daemons. Each stays bound until `release`, so no two
-/// daemons (nor an admin server) are handed the same port.
+/// daemons (nor an admin server) are handed the same port; they come from below the
+/// ephemeral range (`meshd::ports`), so no outgoing connection takes one between `release`
+/// and the daemon's bind.
 #[derive(Default)]
 struct Ports(Vec<std::net::TcpListener>);
 
 impl Ports {
     fn take(&mut self) -> Result<u16> {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let l = meshd::ports::bind_below_ephemeral([127, 0, 0, 1].into())
+            .context("picking a loopback port")?;
         let port = l.local_addr()?.port();
         self.0.push(l);
         Ok(port)
