@@ -69,9 +69,11 @@ struct RunArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     seconds: u64,
 
-    /// Output directory.
-    #[arg(long, default_value = "bench/results")]
-    out: PathBuf,
+    /// Output directory [default: bench/results; with --smoke bench/results/tmp, which git
+    /// ignores, so a smoke run never replaces the latest full run's ratios.png and
+    /// results.json that the README shows].
+    #[arg(long)]
+    out: Option<PathBuf>,
 
     /// A quick check that everything works: 1 run, 1 s per phase, 50 held connections.
     /// The numbers are not a benchmark.
@@ -194,7 +196,14 @@ fn run(args: RunArgs) -> Result<()> {
             bench.run(&phases);
         }
     }
-    let md = results.write(&args.out)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(if args.smoke {
+            "bench/results/tmp"
+        } else {
+            "bench/results"
+        })
+    });
+    let md = results.write(&out)?;
     println!("{}", results.markdown(None));
     eprintln!("meshbench: wrote {}", md.display());
     Ok(())
