@@ -12,10 +12,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// The port picker of the integration tests: ports below the kernel's ephemeral range.
-#[path = "../../tests/common/ports.rs"]
-mod ports;
-
 /// How often process and port waits look again.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -199,7 +195,9 @@ pub fn find_on_path(program: &str) -> Option<PathBuf> {
 /// (a link dial, an iperf3 client) before the tunnel binds it (seen on 2026-12-01: meshd
 /// exited with "Address already in use" and a phase failed).
 pub fn free_port() -> Result<u16> {
-    Ok(ports::free_port_on(std::net::Ipv4Addr::LOCALHOST.into()))
+    let listener = meshd::ports::bind_below_ephemeral(std::net::Ipv4Addr::LOCALHOST.into())
+        .context("pick a loopback port")?;
+    Ok(listener.local_addr()?.port())
 }
 
 /// `127.0.0.1:port`.

@@ -1,4 +1,4 @@
-//! Ports for test daemons, shared by every test fixture and by meshbench's adapters.
+//! Ports for test daemons, shared by every test fixture.
 
 use std::net::IpAddr;
 

@@ -17,6 +17,9 @@ mod rathole;
 mod spiped;
 mod stunnel;
 
+/// The `meshd` binary the meshd adapters start (the one next to meshbench).
+pub use self::meshd::binary as meshd_binary;
+
 /// How long an adapter may take to come up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -137,11 +140,6 @@ impl FromStr for AdapterKind {
                 format!("unknown adapter {s:?}; known: {}", names.join(", "))
             })
     }
-}
-
-/// The `meshd` binary the meshd adapters start (the one next to meshbench).
-pub fn meshd_binary() -> Result<PathBuf> {
-    meshd::binary()
 }
 
 /// Runs `program args` and returns the first non-empty line of its output (stdout, else
