@@ -183,17 +183,24 @@ fn run(args: RunArgs) -> Result<()> {
     }
     // Round by round, every adapter in turn: this machine's speed drifts over minutes
     // (shared cores), and a drift then spreads over every column instead of favouring the
-    // adapters measured in a quiet stretch.
+    // adapters measured in a quiet stretch. Within a round each group of phases runs for
+    // every adapter before the next group starts, so the figures that a target compares
+    // (meshd's one stream against stunnel's) are taken a minute or two apart rather than
+    // most of a round; and every other round takes the adapters in reverse, so a drift
+    // within rounds favours the early adapters in one round and the late ones in the next.
     for round in 0..runs {
-        for &adapter in &present {
-            let mut bench = AdapterBench {
-                adapter,
-                round,
-                runs,
-                settings,
-                cells: &mut results.cells,
-            };
-            bench.run(&phases);
+        let order = round_order(&present, round);
+        for group in [Group::Iperf, Group::Redis] {
+            for &adapter in &order {
+                let mut bench = AdapterBench {
+                    adapter,
+                    round,
+                    runs,
+                    settings,
+                    cells: &mut results.cells,
+                };
+                bench.run(&phases, group);
+            }
         }
     }
     let out = args.out.clone().unwrap_or_else(|| {
@@ -209,6 +216,25 @@ fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// The adapters in the order round `round` (from 0) measures them: as given in even
+/// rounds, reversed in odd ones.
+fn round_order(present: &[AdapterKind], round: usize) -> Vec<AdapterKind> {
+    let mut order = present.to_vec();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+/// The phases that share one tunnel (and one target server) per adapter and round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Group {
+    /// iperf3 through the tunnel: `iperf` and `cpu`.
+    Iperf,
+    /// redis-server behind the tunnel: `redis`, `conn` and `mem`.
+    Redis,
+}
+
 fn join<T: std::fmt::Display>(items: &[T]) -> String {
     items
         .iter()
@@ -217,7 +243,8 @@ fn join<T: std::fmt::Display>(items: &[T]) -> String {
         .join(",")
 }
 
-/// Runs one round of the selected phases for one adapter, recording values or failures.
+/// Runs one group of the selected phases for one adapter in one round, recording values or
+/// failures.
 struct AdapterBench<'a> {
     adapter: AdapterKind,
     /// This round (from 0) of `runs`.
@@ -228,7 +255,7 @@ struct AdapterBench<'a> {
 }
 
 impl AdapterBench<'_> {
-    fn run(&mut self, phases: &[Phase]) {
+    fn run(&mut self, phases: &[Phase], group: Group) {
         // A phase that failed in an earlier round stays failed: its other rounds would be a
         // half-measured median.
         let phases: Vec<Phase> = phases
@@ -245,7 +272,7 @@ impl AdapterBench<'_> {
             }
         }
         let want_cpu = has(Phase::Cpu) && self.adapter.has_tunnel();
-        if has(Phase::Iperf) || want_cpu {
+        if group == Group::Iperf && (has(Phase::Iperf) || want_cpu) {
             let mut group = Vec::new();
             if has(Phase::Iperf) {
                 group.push(Phase::Iperf);
@@ -261,7 +288,7 @@ impl AdapterBench<'_> {
             .into_iter()
             .filter(|&p| has(p) && (p != Phase::Mem || self.adapter.has_tunnel()))
             .collect();
-        if !redis_phases.is_empty() {
+        if group == Group::Redis && !redis_phases.is_empty() {
             if let Err(e) = self.redis_group(&redis_phases) {
                 self.fail(&redis_phases, &e);
             }
@@ -469,5 +496,29 @@ fn collect_meta(adapters: &[AdapterKind], runs: usize, s: &Settings, smoke: bool
         seconds: s.seconds,
         held_conns: s.held_conns,
         smoke,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn odd_rounds_take_the_adapters_in_reverse() {
+        let present = [
+            AdapterKind::Direct,
+            AdapterKind::Stunnel,
+            AdapterKind::MeshdNoise,
+        ];
+        assert_eq!(round_order(&present, 0), present.to_vec());
+        assert_eq!(
+            round_order(&present, 1),
+            vec![
+                AdapterKind::MeshdNoise,
+                AdapterKind::Stunnel,
+                AdapterKind::Direct
+            ]
+        );
+        assert_eq!(round_order(&present, 2), present.to_vec());
     }
 }
