@@ -273,15 +273,15 @@ impl AdapterBench<'_> {
         }
         let want_cpu = has(Phase::Cpu) && self.adapter.has_tunnel();
         if group == Group::Iperf && (has(Phase::Iperf) || want_cpu) {
-            let mut group = Vec::new();
+            let mut iperf_phases = Vec::new();
             if has(Phase::Iperf) {
-                group.push(Phase::Iperf);
+                iperf_phases.push(Phase::Iperf);
             }
             if want_cpu {
-                group.push(Phase::Cpu);
+                iperf_phases.push(Phase::Cpu);
             }
             if let Err(e) = self.iperf_group(has(Phase::Iperf), want_cpu) {
-                self.fail(&group, &e);
+                self.fail(&iperf_phases, &e);
             }
         }
         let redis_phases: Vec<Phase> = [Phase::Redis, Phase::Conn, Phase::Mem]
