@@ -271,26 +271,30 @@ impl AdapterBench<'_> {
                 }
             }
         }
-        let want_cpu = has(Phase::Cpu) && self.adapter.has_tunnel();
-        if group == Group::Iperf && (has(Phase::Iperf) || want_cpu) {
-            let mut iperf_phases = Vec::new();
-            if has(Phase::Iperf) {
-                iperf_phases.push(Phase::Iperf);
+        match group {
+            Group::Iperf => {
+                let want_cpu = has(Phase::Cpu) && self.adapter.has_tunnel();
+                let iperf_phases: Vec<Phase> =
+                    [(Phase::Iperf, has(Phase::Iperf)), (Phase::Cpu, want_cpu)]
+                        .into_iter()
+                        .filter_map(|(p, wanted)| wanted.then_some(p))
+                        .collect();
+                if !iperf_phases.is_empty() {
+                    if let Err(e) = self.iperf_group(has(Phase::Iperf), want_cpu) {
+                        self.fail(&iperf_phases, &e);
+                    }
+                }
             }
-            if want_cpu {
-                iperf_phases.push(Phase::Cpu);
-            }
-            if let Err(e) = self.iperf_group(has(Phase::Iperf), want_cpu) {
-                self.fail(&iperf_phases, &e);
-            }
-        }
-        let redis_phases: Vec<Phase> = [Phase::Redis, Phase::Conn, Phase::Mem]
-            .into_iter()
-            .filter(|&p| has(p) && (p != Phase::Mem || self.adapter.has_tunnel()))
-            .collect();
-        if group == Group::Redis && !redis_phases.is_empty() {
-            if let Err(e) = self.redis_group(&redis_phases) {
-                self.fail(&redis_phases, &e);
+            Group::Redis => {
+                let redis_phases: Vec<Phase> = [Phase::Redis, Phase::Conn, Phase::Mem]
+                    .into_iter()
+                    .filter(|&p| has(p) && (p != Phase::Mem || self.adapter.has_tunnel()))
+                    .collect();
+                if !redis_phases.is_empty() {
+                    if let Err(e) = self.redis_group(&redis_phases) {
+                        self.fail(&redis_phases, &e);
+                    }
+                }
             }
         }
     }
