@@ -39,7 +39,7 @@ async fn echo_mesh(echo: &EchoServer, mesh_toml: &str) -> TestMesh {
 /// name zero-padded to 64 bytes.
 fn preamble(mode: u8, name: &str) -> Vec<u8> {
     let mut p = b"MSHD".to_vec();
-    p.extend_from_slice(&[1, mode, name.len() as u8, 0]);
+    p.extend_from_slice(&[meshd::proto::handshake::VERSION, mode, name.len() as u8, 0]);
     let mut padded = [0u8; 64];
     padded[..name.len()].copy_from_slice(name.as_bytes());
     p.extend_from_slice(&padded);

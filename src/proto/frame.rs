@@ -61,6 +61,9 @@ pub enum Frame<'a> {
     Pong { nonce: u64 },
     /// The sender will accept no new streams.
     GoAway { reason: u8 },
+    /// The sender's link settings, sent once as its first frame: the receive window each
+    /// new stream starts with on its side, which is the peer's initial send credit.
+    Settings { window: u32 },
 }
 
 /// Decoding errors.
@@ -92,6 +95,7 @@ const T_RST: u8 = 7;
 const T_PING: u8 = 8;
 const T_PONG: u8 = 9;
 const T_GOAWAY: u8 = 10;
+const T_SETTINGS: u8 = 11;
 
 /// Longest service name an OPEN may carry.
 pub const MAX_SERVICE_LEN: usize = 63;
@@ -165,6 +169,7 @@ impl Frame<'_> {
             Frame::Ping { .. } => T_PING,
             Frame::Pong { .. } => T_PONG,
             Frame::GoAway { .. } => T_GOAWAY,
+            Frame::Settings { .. } => T_SETTINGS,
         }
     }
 
@@ -177,7 +182,10 @@ impl Frame<'_> {
             | Frame::Window { stream, .. }
             | Frame::Fin { stream }
             | Frame::Rst { stream, .. } => stream,
-            Frame::Ping { .. } | Frame::Pong { .. } | Frame::GoAway { .. } => 0,
+            Frame::Ping { .. }
+            | Frame::Pong { .. }
+            | Frame::GoAway { .. }
+            | Frame::Settings { .. } => 0,
         }
     }
 
@@ -187,7 +195,7 @@ impl Frame<'_> {
             Frame::Data { data, .. } => data.len(),
             Frame::OpenOk { .. } | Frame::Fin { .. } => 0,
             Frame::OpenErr { .. } | Frame::Rst { .. } | Frame::GoAway { .. } => 1,
-            Frame::Window { .. } => 4,
+            Frame::Window { .. } | Frame::Settings { .. } => 4,
             Frame::Ping { .. } | Frame::Pong { .. } => 8,
         }
     }
@@ -212,6 +220,7 @@ impl Frame<'_> {
             Frame::Rst { code, .. } => out.push(code.code()),
             Frame::GoAway { reason } => out.push(reason),
             Frame::Window { credit, .. } => out.extend_from_slice(&credit.to_be_bytes()),
+            Frame::Settings { window } => out.extend_from_slice(&window.to_be_bytes()),
             Frame::Ping { nonce } | Frame::Pong { nonce } => {
                 out.extend_from_slice(&nonce.to_be_bytes())
             }
@@ -273,9 +282,10 @@ pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), FrameError> {
         T_PING => "PING",
         T_PONG => "PONG",
         T_GOAWAY => "GOAWAY",
+        T_SETTINGS => "SETTINGS",
         other => return Err(FrameError::UnknownType(other)),
     };
-    let link_frame = matches!(ty, T_PING | T_PONG | T_GOAWAY);
+    let link_frame = matches!(ty, T_PING | T_PONG | T_GOAWAY | T_SETTINGS);
     if link_frame && stream != 0 {
         return Err(malformed(kind, "link frame on a non-zero stream"));
     }
@@ -345,6 +355,11 @@ pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), FrameError> {
             } else {
                 Frame::Pong { nonce }
             }
+        }
+        T_SETTINGS => {
+            want_len(4)?;
+            let window = u32::from_be_bytes(p.try_into().expect("4 bytes"));
+            Frame::Settings { window }
         }
         _ => {
             want_len(1)?;
@@ -431,6 +446,7 @@ mod tests {
                 nonce: 0x0102_0304_0506_0708,
             },
             Frame::GoAway { reason: 9 },
+            Frame::Settings { window: 256 * 1024 },
         ]
     }
 
@@ -511,7 +527,7 @@ mod tests {
 
     #[test]
     fn unknown_types() {
-        for ty in [0u8, 11, 0x7f, 0xff] {
+        for ty in [0u8, 12, 0x7f, 0xff] {
             assert_eq!(
                 decode(&raw(ty, 1, b"")),
                 Err(FrameError::UnknownType(ty)),
@@ -556,6 +572,8 @@ mod tests {
             (raw(T_GOAWAY, 1, b"a"), "GOAWAY on a stream"),
             (raw(T_GOAWAY, 0, b""), "GOAWAY no reason"),
             (raw(T_GOAWAY, 0, b"ab"), "GOAWAY two bytes"),
+            (raw(T_SETTINGS, 3, &[0, 4, 0, 0]), "SETTINGS on a stream"),
+            (raw(T_SETTINGS, 0, &[0, 4, 0]), "short SETTINGS"),
         ];
         for (buf, what) in &cases {
             match decode(buf) {
