@@ -21,7 +21,7 @@
 //! - `daemon` wires these together and drains them on shutdown; `ports` picks loopback
 //!   ports for daemons started together (the demo, the tests, the benchmark).
 // One function may opt out, with a comment proving its `unsafe` block sound:
-// `forward::splice::read_segments` (a vectored read into a buffer's spare capacity).
+// `forward::socket::read_segments` (a vectored read into a buffer's spare capacity).
 #![deny(unsafe_code)]
 
 pub mod admin;

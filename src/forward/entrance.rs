@@ -10,7 +10,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::splice::{reset_socket, splice, SpliceEnd};
+use super::socket::reset_socket;
+use super::splice::{splice, SpliceEnd};
 use crate::admin::Metrics;
 use crate::config::Forward;
 use crate::link::Direction;
@@ -71,7 +72,7 @@ pub async fn serve_forward(
                     return;
                 }
             };
-            let id = stream.id;
+            let id = stream.id();
             let observer =
                 metrics.stream_opened(&forward.peer, &forward.service, Direction::Dialer);
             let end = splice(socket, stream, Some(observer.bytes())).await;

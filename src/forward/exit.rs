@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use super::splice::{splice, SpliceEnd};
 use crate::admin::Metrics;
 use crate::config::{HostPort, PeerName, Service, ServiceName};
-use crate::link::{Cmd, Direction, Exits, StreamHandle};
+use crate::link::{Direction, Exits, Stream};
 use crate::proto::frame::OpenError;
 
 /// How long an exit waits for its target to accept.
@@ -54,13 +54,22 @@ impl ExitTable {
 }
 
 impl Exits for ExitTable {
-    fn open(&self, peer: &PeerName, service: &str, stream: StreamHandle) -> Result<(), OpenError> {
-        let name = ServiceName::new(service).map_err(|_| OpenError::UnknownService)?;
+    fn open(
+        &self,
+        peer: &PeerName,
+        service: &str,
+        stream: Stream,
+    ) -> Result<(), (OpenError, Stream)> {
+        let Ok(name) = ServiceName::new(service) else {
+            return Err((OpenError::UnknownService, stream));
+        };
         let services = self.services();
-        let svc = services.get(&name).ok_or(OpenError::UnknownService)?;
+        let Some(svc) = services.get(&name) else {
+            return Err((OpenError::UnknownService, stream));
+        };
         if !svc.allow.contains(peer) {
             self.metrics.stream_refused(peer, &name);
-            return Err(OpenError::NotAllowed);
+            return Err((OpenError::NotAllowed, stream));
         }
         let target = svc.target.clone();
         let peer = peer.clone();
@@ -72,7 +81,7 @@ impl Exits for ExitTable {
                     HostPort::Dns { host, port } => TcpStream::connect((host.as_str(), *port)).await,
                 }
             };
-            let id = stream.id;
+            let id = stream.id();
             let socket = match tokio::time::timeout(TARGET_CONNECT_TIMEOUT, connect).await {
                 Ok(Ok(s)) => s,
                 failed => {
@@ -82,18 +91,12 @@ impl Exits for ExitTable {
                     };
                     tracing::warn!(%peer, service = %name, %target, reason = "target_unreachable", "open refused: target {target}: {why}");
                     metrics.stream_refused(&peer, &name);
-                    let _ = stream
-                        .cmds
-                        .send(Cmd::Refuse {
-                            stream: id,
-                            code: OpenError::TargetUnreachable,
-                        })
-                        .await;
+                    stream.refuse(OpenError::TargetUnreachable).await;
                     return;
                 }
             };
             let _ = socket.set_nodelay(true);
-            if stream.cmds.send(Cmd::Accept { stream: id }).await.is_err() {
+            if stream.accept().await.is_err() {
                 return;
             }
             let observer = metrics.stream_opened(&peer, &name, Direction::Acceptor);

@@ -4,6 +4,8 @@
 
 mod entrance;
 mod exit;
+mod join;
+mod socket;
 mod splice;
 
 pub use entrance::serve_forward;

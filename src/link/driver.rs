@@ -2,8 +2,10 @@
 //! multiplexer. Its single `select!` reads the socket, writes queued records, takes
 //! commands from stream tasks, fires the mux timers and watches for cancellation.
 //!
-//! It never waits on a stream's local socket: inbound data goes to each stream's
-//! unbounded channel, which the per-stream credit window bounds.
+//! It never waits on a stream's local socket: inbound data goes to the stream's shared
+//! state ([`super::stream`]), which the stream's receive window bounds. Each stream's
+//! slot lives in the mux's table, so a stream ends in one place: the mux event that ends
+//! it hands the slot back, and the slot tells the local side.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -11,23 +13,23 @@ use std::future::Future;
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::WriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::stream::{self, End, LiveStreams, ReadBuf, Slot, Stream};
 use super::transport::Transport;
-use super::{Cmd, LinkError, OpenFailure, Stop, StreamEvent, StreamHandle};
+use super::{Cmd, LinkError, OpenFailure, Stop};
 use crate::admin::RttObserver;
 use crate::config::{Limits, PeerName};
 use crate::proto::frame::{OpenError, ResetCode, StreamId, HEADER_LEN};
 use crate::proto::handshake::{MAX_RECORD_PLAINTEXT, TAG_LEN};
-use crate::proto::mux::{Event, Mux, MuxConfig, Role};
-use crate::proto::StreamMap;
+use crate::proto::mux::{Event, Mux, MuxConfig, Role, StreamError};
 
 /// Encrypted bytes queued for the socket before the driver stops pulling from the mux.
 const WRITE_HIGH_WATER: usize = 512 * 1024;
@@ -66,8 +68,14 @@ impl fmt::Display for Direction {
 /// The exporting side's service table: decides each OPEN and takes over accepted streams.
 pub trait Exits: Send + Sync + 'static {
     /// Called for every OPEN from `peer`. On `Ok` the implementation owns `stream` and must
-    /// eventually send Accept or Refuse for it; on `Err` the driver refuses the stream.
-    fn open(&self, peer: &PeerName, service: &str, stream: StreamHandle) -> Result<(), OpenError>;
+    /// eventually accept or refuse it; on `Err` it hands the stream back and the driver
+    /// refuses it with the code.
+    fn open(
+        &self,
+        peer: &PeerName,
+        service: &str,
+        stream: Stream,
+    ) -> Result<(), (OpenError, Stream)>;
 }
 
 /// The mux settings of a link from the mesh limits; `max_record` is its record layer's
@@ -84,10 +92,46 @@ pub(crate) fn mux_config(limits: &Limits, max_record: usize) -> MuxConfig {
     }
 }
 
-struct Slot {
-    tx: mpsc::UnboundedSender<StreamEvent>,
-    credit: Arc<Semaphore>,
+/// Lines about refused OPENs one link logs per [`REFUSAL_LOG_PERIOD`]; the rest are
+/// counted and summed up in the next period's first line.
+const REFUSAL_LOG_BURST: u32 = 10;
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// Rate limit of the refusal log lines: a peer that floods OPENs for an unknown service
+/// must not flood the log too.
+struct RefusalLog {
+    since: Instant,
+    logged: u32,
+    suppressed: u64,
 }
+
+impl RefusalLog {
+    fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether to log this refusal, and how many went unlogged before it.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if now.saturating_duration_since(self.since) >= REFUSAL_LOG_PERIOD {
+            self.since = now;
+            self.logged = 0;
+        }
+        if self.logged < REFUSAL_LOG_BURST {
+            self.logged += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
+/// The read buffer's allocation: DATA handed on without a copy keeps it alive.
+const READ_ALLOC: usize = READ_CHUNK;
 
 /// Human words for a refusal code, used in log lines.
 pub(crate) fn open_error_text(code: OpenError) -> String {
@@ -104,15 +148,20 @@ pub(crate) fn open_error_text(code: OpenError) -> String {
 /// One running link.
 pub(crate) struct Driver {
     peer: PeerName,
-    mux: Mux,
+    mux: Mux<Slot>,
     transport: Transport,
-    streams: StreamMap<Slot>,
     cmds_tx: mpsc::Sender<Cmd>,
     exits: Option<Arc<dyn Exits>>,
     window: u32,
-    /// Size of a stream task's read segments (see [`StreamHandle`]).
+    max_streams: usize,
+    /// Size of a stream's read segments (see [`Stream::read_segment`]).
     read_segment: usize,
+    /// Streams whose local side is alive, even if the mux has forgotten them.
+    live: LiveStreams,
+    refusals: RefusalLog,
     rbuf: BytesMut,
+    /// Which allocation `rbuf` is in (counts up with every new one), and its size.
+    read_buf: ReadBuf,
     out: Outbox,
     rtt: RttObserver,
     /// A token fired (see [`watch_tokens`]); acted on after the command batch.
@@ -165,12 +214,18 @@ impl Driver {
             peer,
             mux: Mux::new(role, mux_config(limits, max_record), Instant::now()),
             transport,
-            streams: StreamMap::default(),
             cmds_tx,
             exits,
             window: limits.stream_window,
+            max_streams: limits.max_streams,
             read_segment,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            live: LiveStreams::default(),
+            refusals: RefusalLog::new(Instant::now()),
+            rbuf: BytesMut::with_capacity(READ_ALLOC),
+            read_buf: ReadBuf {
+                generation: 0,
+                alloc: READ_ALLOC,
+            },
             out: Outbox::default(),
             rtt,
             stop: None,
@@ -193,8 +248,8 @@ impl Driver {
         // watcher ends when the command channel closes below.
         tokio::spawn(watch_tokens(cancel, drain, self.cmds_tx.clone()));
         let err = self.serve(&mut socket, &mut cmds).await;
-        for (_, slot) in self.streams.drain() {
-            slot.credit.close();
+        for (_, slot) in self.mux.drain_slots() {
+            slot.end(End::LinkLost);
         }
         cmds.close();
         err
@@ -220,11 +275,7 @@ impl Driver {
             }
             // Writing our FIN can complete a stream: its Closed event comes from poll_transmit.
             self.dispatch_events();
-            if draining
-                && self.streams.is_empty()
-                && self.mux.stream_count() == 0
-                && self.out.pending() == 0
-            {
+            if draining && self.mux.stream_count() == 0 && self.out.pending() == 0 {
                 return LinkError::Drained;
             }
             let deadline = self.mux.poll_timeout();
@@ -236,9 +287,7 @@ impl Driver {
                 registered = false;
             }
             let pending_write = self.out.pending() > 0;
-            if self.rbuf.capacity() - self.rbuf.len() < MAX_RECORD_PLAINTEXT {
-                self.rbuf.reserve(READ_CHUNK);
-            }
+            self.make_read_room();
             tokio::select! {
                 r = rd.read_buf(&mut self.rbuf) => match r {
                     Ok(0) => return LinkError::Closed,
@@ -307,6 +356,24 @@ impl Driver {
         }
     }
 
+    /// Makes room for the next read. The allocation is reused once no DATA handed on from
+    /// it is alive; otherwise the unread rest moves to a new one, of a new generation.
+    fn make_read_room(&mut self) {
+        if self.rbuf.capacity() - self.rbuf.len() >= MAX_RECORD_PLAINTEXT {
+            return;
+        }
+        if self.rbuf.try_reclaim(READ_ALLOC) {
+            return;
+        }
+        let mut fresh = BytesMut::with_capacity(READ_ALLOC + self.rbuf.len());
+        fresh.extend_from_slice(&self.rbuf);
+        self.read_buf = ReadBuf {
+            generation: self.read_buf.generation + 1,
+            alloc: fresh.capacity(),
+        };
+        self.rbuf = fresh;
+    }
+
     /// Encrypts records from the mux until enough bytes wait for the socket.
     fn fill_write_buffer(&mut self) -> Result<(), LinkError> {
         self.out.compact();
@@ -367,56 +434,63 @@ impl Driver {
         Ok(())
     }
 
-    fn new_slot(&mut self, id: StreamId) -> StreamHandle {
-        let (tx, events) = mpsc::unbounded_channel();
-        let credit = Arc::new(Semaphore::new(self.window as usize));
-        self.streams.insert(
+    /// The local side of stream `id`, its slot attached in the mux.
+    fn new_stream(&mut self, id: StreamId) -> Stream {
+        let (slot, stream) = stream::pair(
             id,
-            Slot {
-                tx,
-                credit: credit.clone(),
-            },
+            self.mux.send_credit(id),
+            self.cmds_tx.clone(),
+            &self.live,
+            self.read_segment,
+            (self.window as usize / 4).max(1),
         );
-        StreamHandle {
-            id,
-            events,
-            credit,
-            cmds: self.cmds_tx.clone(),
-            read_segment: self.read_segment,
-            report_every: (self.window as usize / 4).max(1),
+        if let Err(slot) = self.mux.attach(id, slot) {
+            slot.end(End::LinkLost);
         }
+        stream
     }
 
-    fn deliver(&mut self, stream: StreamId, event: StreamEvent) {
-        let gone = match self.streams.get(&stream) {
-            Some(slot) => slot.tx.send(event).is_err(),
-            None => false,
-        };
-        if gone {
-            // The local side is gone without saying so: abort the stream.
-            self.streams.remove(&stream);
-            self.mux.reset(stream, ResetCode::Cancelled);
+    /// Resets a stream this side gives up.
+    fn reset_stream(&mut self, id: StreamId) {
+        if let Some(slot) = self.mux.reset(id, ResetCode::Cancelled) {
+            slot.end(End::LocalReset);
         }
     }
 
     fn dispatch_events(&mut self) {
-        while let Some(event) = self.mux.poll_event() {
+        while let Some((event, ended)) = self.mux.poll_event_slot() {
             match event {
                 Event::Opened { stream, service } => self.on_opened(stream, &service),
-                Event::OpenOk { stream } => self.deliver(stream, StreamEvent::OpenOk),
-                Event::OpenErr { stream, code } => {
-                    self.deliver(stream, StreamEvent::OpenErr(code));
-                    self.streams.remove(&stream);
+                Event::OpenOk { .. } => {}
+                Event::OpenErr { code, .. } => {
+                    if let Some(slot) = ended {
+                        slot.end(End::Refused(code));
+                    }
                 }
-                Event::Data { stream, data } => self.deliver(stream, StreamEvent::Data(data)),
-                Event::Fin { stream } => self.deliver(stream, StreamEvent::Fin),
-                Event::Reset { stream, code } => {
-                    self.deliver(stream, StreamEvent::Reset(code));
-                    self.streams.remove(&stream);
+                Event::Data { stream, data } => {
+                    let window = self.mux.recv_window(stream) as usize;
+                    let kept = self
+                        .mux
+                        .slot(stream)
+                        .is_none_or(|slot| slot.deliver(data, self.read_buf, window));
+                    if !kept {
+                        // The local side is gone without saying so: abort the stream.
+                        self.reset_stream(stream);
+                    }
+                }
+                Event::Fin { stream } => {
+                    if let Some(slot) = self.mux.slot(stream) {
+                        slot.fin();
+                    }
+                }
+                Event::Reset { code, .. } => {
+                    if let Some(slot) = ended {
+                        slot.end(End::Reset(code));
+                    }
                 }
                 Event::Credit { stream, bytes } => {
-                    if let Some(slot) = self.streams.get(&stream) {
-                        slot.credit.add_permits(bytes as usize);
+                    if let Some(slot) = self.mux.slot(stream) {
+                        slot.credit(u64::from(bytes));
                     }
                 }
                 Event::Rtt(rtt) => {
@@ -426,29 +500,42 @@ impl Driver {
                 Event::GoAway { reason } => {
                     tracing::info!(peer = %self.peer, reason, "peer is going away");
                 }
-                Event::Closed { stream } => {
-                    self.streams.remove(&stream);
+                Event::Closed { .. } => {
+                    if let Some(slot) = ended {
+                        slot.end(End::Closed);
+                    }
                 }
             }
         }
     }
 
     fn on_opened(&mut self, stream: StreamId, service: &str) {
-        let Some(exits) = self.exits.clone() else {
-            self.mux.refuse(stream, OpenError::UnknownService);
-            return;
+        let refusal = match self.exits.clone() {
+            None => Err(OpenError::UnknownService),
+            // Streams the peer reset may still be connecting their targets: they count.
+            Some(_) if self.live.count() >= self.max_streams => Err(OpenError::TooManyStreams),
+            Some(exits) => {
+                let handle = self.new_stream(stream);
+                exits
+                    .open(&self.peer, service, handle)
+                    .map_err(|(code, handle)| {
+                        handle.disarm(End::Refused(code));
+                        code
+                    })
+            }
         };
-        let handle = self.new_slot(stream);
-        if let Err(code) = exits.open(&self.peer, service, handle) {
-            tracing::warn!(
-                peer = %self.peer,
-                service,
-                reason = open_error_reason(code),
-                "open refused: {}",
-                open_error_text(code)
-            );
-            self.streams.remove(&stream);
-            self.mux.refuse(stream, code);
+        if let Err(code) = refusal {
+            if let Some(suppressed) = self.refusals.admit(Instant::now()) {
+                tracing::warn!(
+                    peer = %self.peer,
+                    service,
+                    reason = open_error_reason(code),
+                    suppressed,
+                    "open refused: {}",
+                    open_error_text(code)
+                );
+            }
+            drop(self.mux.refuse(stream, code));
         }
     }
 
@@ -461,10 +548,10 @@ impl Driver {
         match cmd {
             Cmd::Open { service, reply } => match self.mux.open(service.as_str()) {
                 Ok(id) => {
-                    let handle = self.new_slot(id);
-                    if reply.send(Ok(handle)).is_err() {
-                        self.streams.remove(&id);
-                        self.mux.reset(id, ResetCode::Cancelled);
+                    let stream = self.new_stream(id);
+                    if let Err(Ok(stream)) = reply.send(Ok(stream)) {
+                        stream.disarm(End::LocalReset);
+                        self.reset_stream(id);
                     }
                 }
                 Err(e) => {
@@ -472,23 +559,17 @@ impl Driver {
                 }
             },
             Cmd::Accept { stream } => self.mux.accept(stream),
-            Cmd::Refuse { stream, code } => {
-                self.streams.remove(&stream);
-                self.mux.refuse(stream, code);
-            }
-            Cmd::Data { stream, data } => {
-                if let Err(e) = self.mux.send(stream, data) {
-                    if self.streams.remove(&stream).is_some() {
-                        tracing::debug!(peer = %self.peer, stream, error = %e, "send failed");
-                        self.mux.reset(stream, ResetCode::Cancelled);
-                    }
+            Cmd::Refuse { stream, code } => drop(self.mux.refuse(stream, code)),
+            Cmd::Data { stream, data } => match self.mux.send(stream, data) {
+                // A stream that ended meanwhile: its local side hears of it from its slot.
+                Ok(()) | Err(StreamError::NotOpen(_)) => {}
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, stream, error = %e, "send failed");
+                    self.reset_stream(stream);
                 }
-            }
+            },
             Cmd::Fin { stream } => self.mux.finish(stream),
-            Cmd::Reset { stream, code } => {
-                self.streams.remove(&stream);
-                self.mux.reset(stream, code);
-            }
+            Cmd::Reset { stream, code } => drop(self.mux.reset(stream, code)),
             Cmd::Consumed { stream, n } => self.mux.consumed_at(stream, n, Instant::now()),
             // Cancellation wins over a drain that came in the same batch.
             Cmd::Stop(stop) => self.stop = self.stop.max(Some(stop)),

@@ -6,10 +6,8 @@
 //! record layer and the multiplexer.
 
 use std::fmt;
-use std::sync::Arc;
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{PeerName, ServiceName};
 use crate::proto::chunk::Chunk;
@@ -24,6 +22,7 @@ mod dial;
 mod driver;
 mod ratelimit;
 pub mod replay;
+mod stream;
 mod transport;
 
 pub use accept::{serve_mesh, AcceptContext, AcceptPolicy, KnownPeer};
@@ -31,6 +30,7 @@ pub use backoff::{Backoff, BackoffConfig};
 pub use dial::{supervise, DialContext, LinkSlot};
 pub use driver::{Direction, Exits};
 pub use replay::ReplayStore;
+pub use stream::{End, Recv, Stream};
 
 /// Why a link ended.
 #[derive(Debug, thiserror::Error)]
@@ -104,28 +104,13 @@ impl From<TlsRecordError> for LinkError {
 /// Largest read from a local socket: four Noise records' worth of DATA.
 pub(crate) const BULK_READ: usize = 4 * (MAX_RECORD_PLAINTEXT - frame::HEADER_LEN);
 
-/// What a stream's local side hears from the link.
-#[derive(Debug)]
-pub enum StreamEvent {
-    /// The remote side connected the service's target.
-    OpenOk,
-    /// The remote side refused the stream.
-    OpenErr(OpenError),
-    /// Bytes for the local socket.
-    Data(Bytes),
-    /// The remote side will send nothing more.
-    Fin,
-    /// The remote side aborted the stream.
-    Reset(ResetCode),
-}
-
 /// Commands from stream tasks to their link's driver.
 #[derive(Debug)]
 pub(crate) enum Cmd {
     /// Open a stream (dialer side).
     Open {
         service: ServiceName,
-        reply: oneshot::Sender<Result<StreamHandle, OpenFailure>>,
+        reply: oneshot::Sender<Result<Stream, OpenFailure>>,
     },
     /// The exit connected its target.
     Accept { stream: StreamId },
@@ -164,38 +149,6 @@ pub enum OpenFailure {
     Refused(String),
 }
 
-/// The local side's handle on one stream: its id, the events for it, and its send credit.
-pub struct StreamHandle {
-    /// The stream id on its link.
-    pub id: StreamId,
-    /// Events from the peer, in order.
-    pub events: mpsc::UnboundedReceiver<StreamEvent>,
-    /// Bytes this side may still send; the driver adds permits as WINDOW frames arrive and
-    /// closes it when the link dies.
-    pub credit: Arc<Semaphore>,
-    pub(crate) cmds: mpsc::Sender<Cmd>,
-    /// The local socket is read in pieces of this size. On Noise links, and on tls links
-    /// with large records, it is the DATA one record carries, so each piece becomes a
-    /// record where it lies; on tls links with standard records it is [`BULK_READ`] and
-    /// the pieces are copied into records.
-    pub(crate) read_segment: usize,
-    /// The stream reports bytes written to its local socket ([`Cmd::Consumed`]) once this
-    /// many are unreported: a quarter of the initial window. The mux grants a WINDOW once
-    /// half the stream's window (never less than the initial one) was consumed since the
-    /// last grant, so this never holds a grant back: with all credit used up, at most a
-    /// quarter of the window is unreported and what was reported already reaches the
-    /// half. Small requests and replies then cost the link driver no extra turn each.
-    pub(crate) report_every: usize,
-}
-
-impl fmt::Debug for StreamHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamHandle")
-            .field("id", &self.id)
-            .finish()
-    }
-}
-
 /// A droppable handle on a running link, used to open streams on it.
 #[derive(Clone)]
 pub struct LinkHandle {
@@ -224,7 +177,7 @@ impl LinkHandle {
 
     /// Opens a stream to `service` on the peer. Returns at once: the OPEN frame is queued
     /// and data sent right away travels with it (zero extra round trips).
-    pub async fn open(&self, service: &ServiceName) -> Result<StreamHandle, OpenFailure> {
+    pub async fn open(&self, service: &ServiceName) -> Result<Stream, OpenFailure> {
         let (reply, rx) = oneshot::channel();
         self.cmds
             .send(Cmd::Open {

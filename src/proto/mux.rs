@@ -38,6 +38,11 @@ pub fn encode_greeting(out: &mut Vec<u8>) {
 
 /// Credit may never exceed this; more is a peer bug (and would overflow a `u32` WINDOW).
 const MAX_CREDIT: u64 = 1 << 31;
+/// Send credit of a stream opened or accepted before the peer's SETTINGS arrived, and the
+/// smallest window a SETTINGS may announce (the smallest `stream_window` a config allows).
+/// Each side announces its own window, so two hosts whose configs disagree (a rollout)
+/// each send within what the other enforces.
+pub const INITIAL_CREDIT: u32 = 16 * 1024;
 /// Before the first RTT sample, half a window consumed within this long counts as fast.
 const GROW_WITHIN_UNMEASURED: Duration = Duration::from_millis(20);
 /// The "two round trips" of window growth never counts as less than this, so timer and
@@ -151,7 +156,7 @@ pub enum Event {
     },
 }
 
-/// Multiplexer errors: fatal for the link, except the caller errors noted.
+/// What the peer did wrong: every one is fatal for the link.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MuxError {
     /// A frame did not decode (also returned by `open` for an invalid service name).
@@ -195,16 +200,43 @@ pub enum MuxError {
         /// Intervals without a PONG.
         missed: u32,
     },
-    /// Caller error, not fatal: `max_streams` streams are open.
+    /// A stream frame for an id that was never opened on this link (ids of streams that
+    /// ended are still known, and their late frames are ignored).
+    #[error("frame for stream {0}, which was never opened")]
+    UnknownStream(StreamId),
+    /// A second SETTINGS frame.
+    #[error("SETTINGS received twice")]
+    DuplicateSettings,
+    /// A SETTINGS window below [`INITIAL_CREDIT`] or above 2^31.
+    #[error("SETTINGS window {0} out of range")]
+    SettingsOutOfRange(u32),
+    /// The peer keeps asking for answers (OPENs to refuse) without reading them.
+    #[error("{queued} control frames queued: the peer does not read")]
+    ControlBacklog {
+        /// Control frames waiting when the limit was hit.
+        queued: usize,
+    },
+}
+
+/// A local caller's misuse of a stream or of the link: nothing changed, the link goes on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// `open` on the acceptor: only the dialer opens streams.
+    #[error("only the dialer opens streams")]
+    NotDialer,
+    /// A service name an OPEN cannot carry.
+    #[error("service name not 1..=63 bytes of [a-z0-9_-]")]
+    InvalidService,
+    /// `max_streams` streams are open.
     #[error("too many streams")]
     TooManyStreams,
-    /// Caller error, not fatal: GOAWAY was sent or received, no new streams.
+    /// GOAWAY was sent or received, no new streams.
     #[error("link is going away")]
     GoingAway,
-    /// Caller error, not fatal: the stream is not open (unknown, gone, or not yet accepted).
+    /// The stream is not open (unknown, gone, or not yet accepted).
     #[error("stream {0} is not open")]
     NotOpen(StreamId),
-    /// Caller error, not fatal: more data than the stream's send credit; nothing was queued.
+    /// More data than the stream's send credit; nothing was queued.
     #[error("stream {stream}: {wanted} bytes exceed the send credit of {credit}")]
     OverCredit {
         /// The stream.
@@ -214,7 +246,7 @@ pub enum MuxError {
         /// Credit left.
         credit: u64,
     },
-    /// Caller error, not fatal: `send` after `finish`.
+    /// `send` after `finish`.
     #[error("stream {0}: send after finish")]
     SendAfterFin(StreamId),
 }
@@ -230,7 +262,10 @@ enum Phase {
 }
 
 #[derive(Debug)]
-struct Stream {
+struct Stream<T> {
+    /// What the driver keeps with the stream (its local side's handle); `None` until
+    /// attached. Handed back with the event that ends the stream.
+    slot: Option<T>,
     phase: Phase,
     /// Bytes we may still send.
     send_credit: u64,
@@ -258,11 +293,12 @@ struct Stream {
     fin_received: bool,
 }
 
-impl Stream {
-    fn new(phase: Phase, window: u32) -> Self {
+impl<T> Stream<T> {
+    fn new(phase: Phase, send_credit: u32, window: u32) -> Self {
         Stream {
+            slot: None,
             phase,
-            send_credit: u64::from(window),
+            send_credit: u64::from(send_credit),
             send_queue: VecDeque::new(),
             queued: 0,
             fin_queued: false,
@@ -292,6 +328,7 @@ enum Control {
     Window { stream: StreamId, credit: u32 },
     Rst { stream: StreamId, code: ResetCode },
     GoAway { reason: u8 },
+    Settings { window: u32 },
 }
 
 impl Control {
@@ -306,22 +343,29 @@ impl Control {
             Control::Window { stream, credit } => Frame::Window { stream, credit },
             Control::Rst { stream, code } => Frame::Rst { stream, code },
             Control::GoAway { reason } => Frame::GoAway { reason },
+            Control::Settings { window } => Frame::Settings { window },
         }
     }
 }
 
-/// The multiplexer of one link.
+/// The multiplexer of one link. `T` is what the driver keeps per stream (see
+/// [`Mux::attach`]): one table holds every stream's protocol state and its local handle.
 #[derive(Debug)]
-pub struct Mux {
+pub struct Mux<T = ()> {
     role: Role,
     cfg: MuxConfig,
-    streams: super::StreamMap<Stream>,
+    streams: super::StreamMap<Stream<T>>,
     /// Dialer: the next id `open` hands out.
     next_id: StreamId,
     /// Acceptor: the highest id an OPEN carried.
     highest_seen: StreamId,
     events: VecDeque<Event>,
+    /// Slots of streams that ended while their ending event waits in `events`: events
+    /// queued before it (its last DATA, its FIN) still find the slot.
+    ending: super::StreamMap<T>,
     control: VecDeque<Control>,
+    /// The window the peer's SETTINGS announced: the send credit of new streams.
+    peer_window: Option<u32>,
     /// Streams with queued DATA or FIN, served round-robin.
     ready: VecDeque<StreamId>,
     /// Nonce of a PONG to send; only the latest PING is answered, so a PING flood cannot
@@ -342,15 +386,20 @@ pub struct Mux {
     go_away_received: bool,
 }
 
-impl Mux {
-    /// A multiplexer for a fresh link. Panics if `cfg.max_record < MIN_RECORD`.
-    pub fn new(role: Role, cfg: MuxConfig, now: Instant) -> Self {
+impl<T> Mux<T> {
+    /// A multiplexer for a fresh link; its first frame is the SETTINGS announcing
+    /// `cfg.window` (raised to [`INITIAL_CREDIT`] if below). Panics if
+    /// `cfg.max_record < MIN_RECORD`.
+    pub fn new(role: Role, mut cfg: MuxConfig, now: Instant) -> Self {
         assert!(
             cfg.max_record >= MIN_RECORD,
             "max_record {} below {MIN_RECORD}",
             cfg.max_record
         );
+        cfg.window = cfg.window.clamp(INITIAL_CREDIT, MAX_CREDIT as u32);
         let next_ping = now.checked_add(cfg.ping_interval).unwrap_or(now);
+        let mut control = VecDeque::new();
+        control.push_back(Control::Settings { window: cfg.window });
         Mux {
             role,
             cfg,
@@ -358,7 +407,9 @@ impl Mux {
             next_id: 1,
             highest_seen: 0,
             events: VecDeque::new(),
-            control: VecDeque::new(),
+            ending: super::StreamMap::default(),
+            control,
+            peer_window: None,
             ready: VecDeque::new(),
             pong_due: None,
             ping_due: None,
@@ -375,31 +426,64 @@ impl Mux {
 
     /// Opens a stream to `service` (dialer only) and queues its OPEN. Data may be sent on it
     /// at once (zero-RTT).
-    pub fn open(&mut self, service: &str) -> Result<StreamId, MuxError> {
+    pub fn open(&mut self, service: &str) -> Result<StreamId, StreamError> {
         if self.role != Role::Dialer {
-            return Err(MuxError::UnexpectedOpen);
+            return Err(StreamError::NotDialer);
         }
         if self.go_away_sent || self.go_away_received {
-            return Err(MuxError::GoingAway);
+            return Err(StreamError::GoingAway);
         }
         if self.streams.len() >= self.cfg.max_streams {
-            return Err(MuxError::TooManyStreams);
+            return Err(StreamError::TooManyStreams);
         }
         if !frame::valid_service_name(service) {
-            return Err(MuxError::Frame(FrameError::Malformed {
-                kind: "OPEN",
-                why: "service name not 1..=63 bytes of [a-z0-9_-]",
-            }));
+            return Err(StreamError::InvalidService);
         }
         let stream = self.next_id;
         self.next_id += 1;
-        self.streams
-            .insert(stream, Stream::new(Phase::Opening, self.cfg.window));
+        let stream_state = Stream::new(Phase::Opening, self.initial_send_credit(), self.cfg.window);
+        self.streams.insert(stream, stream_state);
         self.control.push_back(Control::Open {
             stream,
             service: service.to_owned(),
         });
         Ok(stream)
+    }
+
+    /// Send credit of a new stream: what the peer announced, or [`INITIAL_CREDIT`] before.
+    fn initial_send_credit(&self) -> u32 {
+        self.peer_window.unwrap_or(INITIAL_CREDIT)
+    }
+
+    /// Keeps `slot` with `stream` until the stream ends; the event that ends it hands the
+    /// slot back ([`Mux::poll_event_slot`]). Returns the slot if the stream is not known.
+    pub fn attach(&mut self, stream: StreamId, slot: T) -> Result<(), T> {
+        match self.streams.get_mut(&stream) {
+            Some(s) => {
+                s.slot = Some(slot);
+                Ok(())
+            }
+            None => Err(slot),
+        }
+    }
+
+    /// The slot kept with `stream`, until the event that ends it is polled.
+    pub fn slot(&self, stream: StreamId) -> Option<&T> {
+        match self.streams.get(&stream) {
+            Some(s) => s.slot.as_ref(),
+            None => self.ending.get(&stream),
+        }
+    }
+
+    /// Takes every stream's slot, for a link that ends with streams still open.
+    pub fn drain_slots(&mut self) -> impl Iterator<Item = (StreamId, T)> + '_ {
+        self.ready.clear();
+        self.grown = 0;
+        self.events.clear();
+        self.streams
+            .drain()
+            .filter_map(|(id, s)| s.slot.map(|slot| (id, slot)))
+            .chain(self.ending.drain())
     }
 
     /// Accepts a stream announced by `Event::Opened`; queues OPEN_OK. Ignored if the stream
@@ -415,16 +499,23 @@ impl Mux {
 
     /// Refuses a stream announced by `Event::Opened`; queues OPEN_ERR and forgets it, so its
     /// in-flight DATA and FIN are ignored. Ignored unless the stream awaits an answer (an
-    /// accepted stream is ended with `reset`).
-    pub fn refuse(&mut self, stream: StreamId, code: OpenError) {
+    /// accepted stream is ended with `reset`). Returns the stream's slot.
+    pub fn refuse(&mut self, stream: StreamId, code: OpenError) -> Option<T> {
         if self
             .streams
             .get(&stream)
             .is_some_and(|s| s.phase == Phase::AwaitingAccept)
         {
-            self.remove_stream(stream);
             self.control.push_back(Control::OpenErr { stream, code });
+            return self.remove_stream(stream).and_then(|s| s.slot);
         }
+        None
+    }
+
+    /// The receive window of `stream` (0 if it is not open): what the peer may have in
+    /// flight on it, and what its local side may hold.
+    pub fn recv_window(&self, stream: StreamId) -> u64 {
+        self.streams.get(&stream).map_or(0, |s| s.recv_window)
     }
 
     /// Bytes we may still send on `stream` (0 if it is not open).
@@ -433,20 +524,20 @@ impl Mux {
     }
 
     /// Queues `data` on `stream`. Nothing is queued on error.
-    pub fn send(&mut self, stream: StreamId, data: impl Into<Chunk>) -> Result<(), MuxError> {
+    pub fn send(&mut self, stream: StreamId, data: impl Into<Chunk>) -> Result<(), StreamError> {
         let data = data.into();
         let s = match self.streams.get_mut(&stream) {
             Some(s) if s.phase != Phase::AwaitingAccept => s,
-            _ => return Err(MuxError::NotOpen(stream)),
+            _ => return Err(StreamError::NotOpen(stream)),
         };
         if s.fin_queued {
-            return Err(MuxError::SendAfterFin(stream));
+            return Err(StreamError::SendAfterFin(stream));
         }
         if data.is_empty() {
             return Ok(());
         }
         if data.len() as u64 > s.send_credit {
-            return Err(MuxError::OverCredit {
+            return Err(StreamError::OverCredit {
                 stream,
                 wanted: data.len(),
                 credit: s.send_credit,
@@ -478,11 +569,11 @@ impl Mux {
         }
     }
 
-    /// Aborts `stream`: drops its queued data, queues RST, forgets it.
-    pub fn reset(&mut self, stream: StreamId, code: ResetCode) {
-        if self.remove_stream(stream) {
-            self.control.push_back(Control::Rst { stream, code });
-        }
+    /// Aborts `stream`: drops its queued data, queues RST, forgets it. Returns its slot.
+    pub fn reset(&mut self, stream: StreamId, code: ResetCode) -> Option<T> {
+        let s = self.remove_stream(stream)?;
+        self.control.push_back(Control::Rst { stream, code });
+        s.slot
     }
 
     /// The local side delivered `n` more received bytes of `stream`; grants the peer new
@@ -599,6 +690,11 @@ impl Mux {
                     return Err(MuxError::StreamIdNotIncreasing(stream));
                 }
                 self.highest_seen = stream;
+                if self.control.len() >= self.control_limit() {
+                    return Err(MuxError::ControlBacklog {
+                        queued: self.control.len(),
+                    });
+                }
                 let refusal = if self.go_away_sent {
                     Some(OpenError::ShuttingDown)
                 } else if self.streams.len() >= self.cfg.max_streams {
@@ -610,34 +706,41 @@ impl Mux {
                     // Its zero-RTT DATA and FIN are ignored as frames of a forgotten stream.
                     self.control.push_back(Control::OpenErr { stream, code });
                 } else {
-                    self.streams
-                        .insert(stream, Stream::new(Phase::AwaitingAccept, self.cfg.window));
-                    self.events.push_back(Event::Opened {
+                    let credit = self.initial_send_credit();
+                    self.streams.insert(
+                        stream,
+                        Stream::new(Phase::AwaitingAccept, credit, self.cfg.window),
+                    );
+                    self.push_event(Event::Opened {
                         stream,
                         service: service.to_owned(),
                     });
                 }
             }
             Frame::OpenOk { stream } => {
+                self.check_known(stream)?;
                 if let Some(s) = self.streams.get_mut(&stream) {
                     if s.phase == Phase::Opening {
                         s.phase = Phase::Open;
-                        self.events.push_back(Event::OpenOk { stream });
+                        self.push_event(Event::OpenOk { stream });
                     }
                 }
             }
             Frame::OpenErr { stream, code } => {
+                self.check_known(stream)?;
                 if self
                     .streams
                     .get(&stream)
                     .is_some_and(|s| s.phase == Phase::Opening)
                 {
-                    self.remove_stream(stream);
+                    self.end_stream(stream);
                     self.events.push_back(Event::OpenErr { stream, code });
                 }
             }
             Frame::Data { stream, data } => {
-                // Unknown ids are streams we forgot (reset, refused): the frame raced with that.
+                self.check_known(stream)?;
+                // Other unknown ids are streams we forgot (reset, refused): the frame raced
+                // with that, and is dropped.
                 let Some(s) = self.streams.get_mut(&stream) else {
                     return Ok(());
                 };
@@ -655,12 +758,13 @@ impl Mux {
                 if s.last_grant.is_none() {
                     s.last_grant = Some(now);
                 }
-                self.events.push_back(Event::Data {
+                self.push_event(Event::Data {
                     stream,
                     data: record.slice_ref(data),
                 });
             }
             Frame::Window { stream, credit } => {
+                self.check_known(stream)?;
                 let Some(s) = self.streams.get_mut(&stream) else {
                     return Ok(());
                 };
@@ -669,12 +773,13 @@ impl Mux {
                     return Err(MuxError::WindowOverflow { stream });
                 }
                 s.send_credit = total;
-                self.events.push_back(Event::Credit {
+                self.push_event(Event::Credit {
                     stream,
                     bytes: credit,
                 });
             }
             Frame::Fin { stream } => {
+                self.check_known(stream)?;
                 let Some(s) = self.streams.get_mut(&stream) else {
                     return Ok(());
                 };
@@ -683,15 +788,42 @@ impl Mux {
                 }
                 s.fin_received = true;
                 let closed = s.fin_sent;
-                self.events.push_back(Event::Fin { stream });
+                self.push_event(Event::Fin { stream });
                 if closed {
-                    self.remove_stream(stream);
+                    self.end_stream(stream);
                     self.events.push_back(Event::Closed { stream });
                 }
             }
             Frame::Rst { stream, code } => {
-                if self.remove_stream(stream) {
+                self.check_known(stream)?;
+                if self.end_stream(stream) {
                     self.events.push_back(Event::Reset { stream, code });
+                }
+            }
+            Frame::Settings { window } => {
+                if self.peer_window.is_some() {
+                    return Err(MuxError::DuplicateSettings);
+                }
+                if window < INITIAL_CREDIT || u64::from(window) > MAX_CREDIT {
+                    return Err(MuxError::SettingsOutOfRange(window));
+                }
+                self.peer_window = Some(window);
+                // Streams opened before it started with INITIAL_CREDIT; the peer granted
+                // them its whole window from the start.
+                let extra = window - INITIAL_CREDIT;
+                if extra > 0 {
+                    let mut credited = Vec::new();
+                    for (&id, s) in self.streams.iter_mut() {
+                        s.send_credit = (s.send_credit + u64::from(extra)).min(MAX_CREDIT);
+                        credited.push(id);
+                    }
+                    credited.sort_unstable();
+                    for stream in credited {
+                        self.push_event(Event::Credit {
+                            stream,
+                            bytes: extra,
+                        });
+                    }
                 }
             }
             Frame::Ping { nonce } => self.pong_due = Some(nonce),
@@ -705,25 +837,38 @@ impl Mux {
                             Some(old) => (old * 7 + rtt) / 8,
                             None => rtt,
                         });
-                        self.events.push_back(Event::Rtt(rtt));
+                        self.push_event(Event::Rtt(rtt));
                     }
                 }
             }
             Frame::GoAway { reason } => {
                 self.go_away_received = true;
-                self.events.push_back(Event::GoAway { reason });
+                self.push_event(Event::GoAway { reason });
             }
         }
         Ok(())
     }
 
-    /// Forgets a stream and its queued data; false if it was not known.
-    fn remove_stream(&mut self, stream: StreamId) -> bool {
-        match self.streams.remove(&stream) {
+    /// Forgets a stream and its queued data; returns it if it was known.
+    fn remove_stream(&mut self, stream: StreamId) -> Option<Stream<T>> {
+        let s = self.streams.remove(&stream)?;
+        self.grown -= s.recv_window - u64::from(self.cfg.window);
+        if s.in_ready {
+            self.ready.retain(|&id| id != stream);
+        }
+        Some(s)
+    }
+
+    fn push_event(&mut self, event: Event) {
+        self.events.push_back(event);
+    }
+
+    /// Forgets a stream the peer ended; its slot waits in `ending` for the ending event.
+    fn end_stream(&mut self, stream: StreamId) -> bool {
+        match self.remove_stream(stream) {
             Some(s) => {
-                self.grown -= s.recv_window - u64::from(self.cfg.window);
-                if s.in_ready {
-                    self.ready.retain(|&id| id != stream);
+                if let Some(slot) = s.slot {
+                    self.ending.insert(stream, slot);
                 }
                 true
             }
@@ -731,9 +876,43 @@ impl Mux {
         }
     }
 
+    /// Errors for a stream frame whose id this link never opened: ids of ended streams
+    /// are at or below the highest one opened, and their late frames are dropped.
+    fn check_known(&self, stream: StreamId) -> Result<(), MuxError> {
+        let opened = match self.role {
+            Role::Dialer => stream < self.next_id,
+            Role::Acceptor => stream <= self.highest_seen,
+        };
+        if opened {
+            Ok(())
+        } else {
+            Err(MuxError::UnknownStream(stream))
+        }
+    }
+
+    /// Control frames the peer may leave unread (answers to its OPENs) before it counts
+    /// as not reading: a refusal per stream it may have open, twice over, and some slack.
+    fn control_limit(&self) -> usize {
+        2 * self.cfg.max_streams + 64
+    }
+
     /// The next event for the driver.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.poll_event_slot().map(|(e, _)| e)
+    }
+
+    /// The next event, with the slot of the stream it ends: `OpenErr`, `Reset` and
+    /// `Closed` hand back what [`Mux::attach`] kept (streams ended by the caller's own
+    /// `reset` or `refuse` return it from there).
+    pub fn poll_event_slot(&mut self) -> Option<(Event, Option<T>)> {
+        let event = self.events.pop_front()?;
+        let slot = match &event {
+            Event::OpenErr { stream, .. }
+            | Event::Reset { stream, .. }
+            | Event::Closed { stream } => self.ending.remove(stream),
+            _ => None,
+        };
+        Some((event, slot))
     }
 
     /// Appends the frames of one record, at most `cfg.max_record` bytes, to `out`: control
@@ -844,9 +1023,7 @@ impl Mux {
             } else {
                 s.in_ready = false;
                 if s.fin_sent && s.fin_received {
-                    if let Some(s) = self.streams.remove(&id) {
-                        self.grown -= s.recv_window - u64::from(self.cfg.window);
-                    }
+                    self.end_stream(id);
                     self.events.push_back(Event::Closed { stream: id });
                 }
             }
@@ -950,11 +1127,16 @@ mod tests {
 
         fn with(dialer: MuxConfig, acceptor: MuxConfig) -> Self {
             let now = Instant::now();
-            Pair {
-                d: Mux::new(Role::Dialer, dialer, now),
-                a: Mux::new(Role::Acceptor, acceptor, now),
+            let mut p = Pair {
+                d: Mux::<()>::new(Role::Dialer, dialer, now),
+                a: Mux::<()>::new(Role::Acceptor, acceptor, now),
                 now,
-            }
+            };
+            // The SETTINGS of both sides, before any stream.
+            p.pump();
+            assert_eq!(events(&mut p.d), vec![]);
+            assert_eq!(events(&mut p.a), vec![]);
+            p
         }
 
         /// Moves records both ways until neither side has anything to send.
@@ -985,6 +1167,19 @@ mod tests {
             to.handle_record(Bytes::from(out), now).unwrap();
             n += 1;
         }
+    }
+
+    /// A multiplexer whose SETTINGS frame was already taken out, as if sent.
+    fn settled(role: Role, cfg: MuxConfig, now: Instant) -> Mux {
+        let mut m = Mux::new(role, cfg, now);
+        let mut out = Vec::new();
+        assert!(m.poll_transmit(&mut out));
+        let window = m.cfg.window;
+        assert_eq!(
+            frame::decode(&out),
+            Ok((Frame::Settings { window }, out.len()))
+        );
+        m
     }
 
     fn events(m: &mut Mux) -> Vec<Event> {
@@ -1047,7 +1242,7 @@ mod tests {
         // Not accepted yet: the acceptor may not send.
         assert_eq!(
             p.a.send(1, Bytes::from_static(b"x")),
-            Err(MuxError::NotOpen(1))
+            Err(StreamError::NotOpen(1))
         );
         p.a.accept(1);
         p.a.send(1, Bytes::from_static(b"world")).unwrap();
@@ -1063,9 +1258,9 @@ mod tests {
     #[test]
     fn open_rejects_bad_names_and_acceptor() {
         let mut p = Pair::new(cfg());
-        assert!(matches!(p.d.open("Bad Name"), Err(MuxError::Frame(_))));
-        assert!(matches!(p.d.open(""), Err(MuxError::Frame(_))));
-        assert_eq!(p.a.open("svc"), Err(MuxError::UnexpectedOpen));
+        assert_eq!(p.d.open("Bad Name"), Err(StreamError::InvalidService));
+        assert_eq!(p.d.open(""), Err(StreamError::InvalidService));
+        assert_eq!(p.a.open("svc"), Err(StreamError::NotDialer));
         assert!(p.d.is_idle());
     }
 
@@ -1092,7 +1287,7 @@ mod tests {
         assert!(p.d.is_idle() && p.a.is_idle());
         assert_eq!(
             p.d.send(s, Bytes::from_static(b"x")),
-            Err(MuxError::NotOpen(s))
+            Err(StreamError::NotOpen(s))
         );
     }
 
@@ -1282,7 +1477,7 @@ mod tests {
     #[test]
     fn credit_blocks_sender_but_not_other_streams() {
         let mut p = Pair::new(MuxConfig {
-            window: 4096,
+            window: INITIAL_CREDIT,
             max_window: 0,
             window_budget: 0,
             ..cfg()
@@ -1296,11 +1491,11 @@ mod tests {
         events(&mut p.a);
         events(&mut p.d);
 
-        p.d.send(slow, pattern(4096, 1)).unwrap();
+        p.d.send(slow, pattern(16384, 1)).unwrap();
         assert_eq!(p.d.send_credit(slow), 0);
         assert_eq!(
             p.d.send(slow, Bytes::from_static(b"x")),
-            Err(MuxError::OverCredit {
+            Err(StreamError::OverCredit {
                 stream: slow,
                 wanted: 1,
                 credit: 0
@@ -1315,41 +1510,42 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .sum();
-        assert_eq!(slow_bytes, 4096);
+        assert_eq!(slow_bytes, 16384);
         // The receiver never consumes `slow`; `fast` still moves many windows' worth.
         transfer_all(&mut p, true, fast, &pattern(1 << 20, 2));
         assert_eq!(p.d.send_credit(slow), 0);
 
         // Half a window consumed: credit comes back and the driver is told.
-        p.a.consumed(slow, 1000);
+        p.a.consumed(slow, 4000);
         p.pump();
         assert!(
             events(&mut p.d).is_empty(),
             "below half a window: no WINDOW"
         );
-        p.a.consumed(slow, 1048);
+        p.a.consumed(slow, 4192);
         p.pump();
         assert_eq!(
             events(&mut p.d),
             vec![Event::Credit {
                 stream: slow,
-                bytes: 2048
+                bytes: 8192
             }]
         );
-        assert_eq!(p.d.send_credit(slow), 2048);
+        assert_eq!(p.d.send_credit(slow), 8192);
     }
 
     #[test]
     fn peer_sending_beyond_credit_is_fatal() {
+        let w = INITIAL_CREDIT as usize;
         let c = MuxConfig {
-            window: 1000,
+            window: INITIAL_CREDIT,
             max_window: 0,
             window_budget: 0,
             ..cfg()
         };
         let now = Instant::now();
-        let mut a = Mux::new(Role::Acceptor, c.clone(), now);
-        let big = vec![1u8; 1001];
+        let mut a = Mux::<()>::new(Role::Acceptor, c.clone(), now);
+        let big = vec![1u8; w + 1];
         let r = record(&[
             Frame::Open {
                 stream: 1,
@@ -1364,14 +1560,14 @@ mod tests {
             a.handle_record(r, now),
             Err(MuxError::CreditExceeded {
                 stream: 1,
-                window: 1000
+                window: w as u64
             })
         );
         // No event of a dying record escapes.
         assert_eq!(a.poll_event(), None);
 
-        let mut a = Mux::new(Role::Acceptor, c, now);
-        let part = vec![1u8; 600];
+        let mut a = Mux::<()>::new(Role::Acceptor, c, now);
+        let part = vec![1u8; w * 6 / 10];
         let open = record(&[Frame::Open {
             stream: 1,
             service: "svc",
@@ -1386,7 +1582,7 @@ mod tests {
             a.handle_record(d, now),
             Err(MuxError::CreditExceeded {
                 stream: 1,
-                window: 400
+                window: (w - w * 6 / 10) as u64
             })
         );
     }
@@ -1394,7 +1590,7 @@ mod tests {
     #[test]
     fn window_overflow_is_fatal() {
         let now = Instant::now();
-        let mut d = Mux::new(Role::Dialer, cfg(), now);
+        let mut d = Mux::<()>::new(Role::Dialer, cfg(), now);
         let s = d.open("svc").unwrap();
         let r = record(&[Frame::Window {
             stream: s,
@@ -1414,7 +1610,7 @@ mod tests {
         p.d.finish(s);
         assert_eq!(
             p.d.send(s, Bytes::from_static(b"x")),
-            Err(MuxError::SendAfterFin(s))
+            Err(StreamError::SendAfterFin(s))
         );
         p.pump();
         assert_eq!(
@@ -1482,7 +1678,7 @@ mod tests {
     #[test]
     fn data_after_fin_is_fatal() {
         let now = Instant::now();
-        let mut a = Mux::new(Role::Acceptor, cfg(), now);
+        let mut a = Mux::<()>::new(Role::Acceptor, cfg(), now);
         let r = record(&[
             Frame::Open {
                 stream: 1,
@@ -1539,7 +1735,7 @@ mod tests {
         );
         assert_eq!(
             p.d.send(s, Bytes::from_static(b"x")),
-            Err(MuxError::NotOpen(s))
+            Err(StreamError::NotOpen(s))
         );
         assert!(p.d.is_idle() && p.a.is_idle());
     }
@@ -1573,7 +1769,7 @@ mod tests {
         );
         assert_eq!(p.d.stream_count(), 2);
 
-        let mut d = Mux::new(
+        let mut d = Mux::<()>::new(
             Role::Dialer,
             MuxConfig {
                 max_streams: 1,
@@ -1582,7 +1778,7 @@ mod tests {
             p.now,
         );
         d.open("svc").unwrap();
-        assert_eq!(d.open("svc"), Err(MuxError::TooManyStreams));
+        assert_eq!(d.open("svc"), Err(StreamError::TooManyStreams));
     }
 
     #[test]
@@ -1592,25 +1788,25 @@ mod tests {
             stream,
             service: "svc",
         };
-        let mut a = Mux::new(Role::Acceptor, cfg(), now);
+        let mut a = Mux::<()>::new(Role::Acceptor, cfg(), now);
         assert_eq!(
             a.handle_record(record(&[open(1), open(1)]), now),
             Err(MuxError::DuplicateStream(1))
         );
-        let mut a = Mux::new(Role::Acceptor, cfg(), now);
+        let mut a = Mux::<()>::new(Role::Acceptor, cfg(), now);
         assert_eq!(
             a.handle_record(record(&[open(5), open(3)]), now),
             Err(MuxError::StreamIdNotIncreasing(3))
         );
         // A refused id is forgotten but still may not be reused.
-        let mut a = Mux::new(Role::Acceptor, cfg(), now);
+        let mut a = Mux::<()>::new(Role::Acceptor, cfg(), now);
         a.handle_record(record(&[open(1)]), now).unwrap();
         a.refuse(1, OpenError::UnknownService);
         assert_eq!(
             a.handle_record(record(&[open(1)]), now),
             Err(MuxError::StreamIdNotIncreasing(1))
         );
-        let mut d = Mux::new(Role::Dialer, cfg(), now);
+        let mut d = Mux::<()>::new(Role::Dialer, cfg(), now);
         assert_eq!(
             d.handle_record(record(&[open(1)]), now),
             Err(MuxError::UnexpectedOpen)
@@ -1618,9 +1814,20 @@ mod tests {
     }
 
     #[test]
-    fn frames_for_unknown_streams_are_ignored() {
+    fn frames_for_ended_streams_are_ignored_and_for_never_opened_ones_fatal() {
         let now = Instant::now();
-        let mut a = Mux::new(Role::Acceptor, cfg(), now);
+        let mut a = Mux::<()>::new(Role::Acceptor, cfg(), now);
+        a.handle_record(
+            record(&[Frame::Open {
+                stream: 9,
+                service: "svc",
+            }]),
+            now,
+        )
+        .unwrap();
+        let _ = a.refuse(9, OpenError::UnknownService);
+        events(&mut a);
+        // Stream 9 existed and was forgotten: its frames raced with that.
         let r = record(&[
             Frame::Data {
                 stream: 9,
@@ -1639,7 +1846,131 @@ mod tests {
         ]);
         a.handle_record(r, now).unwrap();
         assert_eq!(a.poll_event(), None);
-        assert!(a.is_idle());
+        assert_eq!(a.stream_count(), 0);
+        // Ids above every OPEN were never opened: DATA for them costs no credit, so a
+        // peer could send it forever.
+        let never = [
+            Frame::Data {
+                stream: 10,
+                data: b"x",
+            },
+            Frame::Fin { stream: 10 },
+            Frame::Window {
+                stream: 11,
+                credit: 5,
+            },
+            Frame::Rst {
+                stream: 12,
+                code: ResetCode::Cancelled,
+            },
+        ];
+        for f in never {
+            let mut a2 = Mux::<()>::new(Role::Acceptor, cfg(), now);
+            let id = match f {
+                Frame::Data { stream, .. }
+                | Frame::Fin { stream }
+                | Frame::Window { stream, .. }
+                | Frame::Rst { stream, .. } => stream,
+                _ => unreachable!(),
+            };
+            assert_eq!(
+                a2.handle_record(record(&[f]), now),
+                Err(MuxError::UnknownStream(id))
+            );
+        }
+        // The dialer: ids it has not handed out yet.
+        let mut d = Mux::<()>::new(Role::Dialer, cfg(), now);
+        d.open("svc").unwrap();
+        assert_eq!(
+            d.handle_record(record(&[Frame::OpenOk { stream: 2 }]), now),
+            Err(MuxError::UnknownStream(2))
+        );
+    }
+
+    /// Each side announces its window; a stream opened before the announcement arrived
+    /// starts with INITIAL_CREDIT and gets the rest as credit when it does, so peers whose
+    /// configs disagree each send within what the other enforces.
+    #[test]
+    fn windows_are_announced_so_differing_configs_interoperate() {
+        let now = Instant::now();
+        let big = MuxConfig {
+            window: 1 << 20,
+            ..cfg()
+        };
+        let small = MuxConfig {
+            window: 64 * 1024,
+            ..cfg()
+        };
+        for (dc, ac) in [(big.clone(), small.clone()), (small, big)] {
+            let mut d = Mux::<()>::new(Role::Dialer, dc.clone(), now);
+            let a = Mux::<()>::new(Role::Acceptor, ac.clone(), now);
+            // Opened before any SETTINGS crossed.
+            let s = d.open("svc").unwrap();
+            assert_eq!(d.send_credit(s), u64::from(INITIAL_CREDIT));
+            let mut p = Pair { d, a, now };
+            p.pump();
+            assert!(events(&mut p.d).contains(&Event::Credit {
+                stream: s,
+                bytes: ac.window - INITIAL_CREDIT
+            }));
+            assert_eq!(p.d.send_credit(s), u64::from(ac.window));
+            p.a.accept(s);
+            p.pump();
+            events(&mut p.a);
+            events(&mut p.d);
+            assert_eq!(p.a.send_credit(s), u64::from(dc.window));
+            // Each sends its whole credit at once: neither trips CreditExceeded.
+            transfer_all(&mut p, true, s, &pattern(3 << 20, 5));
+            transfer_all(&mut p, false, s, &pattern(3 << 20, 6));
+            let later = p.d.open("svc").unwrap();
+            assert_eq!(p.d.send_credit(later), u64::from(ac.window));
+        }
+        let mut a = Mux::<()>::new(Role::Acceptor, cfg(), now);
+        let settings = |window| record(&[Frame::Settings { window }]);
+        assert_eq!(
+            a.handle_record(settings(INITIAL_CREDIT - 1), now),
+            Err(MuxError::SettingsOutOfRange(INITIAL_CREDIT - 1))
+        );
+        a.handle_record(settings(INITIAL_CREDIT), now).unwrap();
+        assert_eq!(
+            a.handle_record(settings(INITIAL_CREDIT), now),
+            Err(MuxError::DuplicateSettings)
+        );
+    }
+
+    /// A peer that sends OPENs to be refused and never reads the refusals is cut off
+    /// once the answers waiting for it pass a bound.
+    #[test]
+    fn unread_refusals_are_bounded() {
+        let now = Instant::now();
+        let c = MuxConfig {
+            max_streams: 4,
+            ..cfg()
+        };
+        let mut a = Mux::<()>::new(Role::Acceptor, c, now);
+        let mut result = Ok(());
+        let mut opened = 0u64;
+        for id in 1..=10_000u64 {
+            let r = record(&[Frame::Open {
+                stream: id,
+                service: "svc",
+            }]);
+            result = a.handle_record(r, now);
+            if result.is_err() {
+                break;
+            }
+            opened = id;
+            while let Some(e) = a.poll_event() {
+                if let Event::Opened { stream, .. } = e {
+                    let _ = a.refuse(stream, OpenError::UnknownService);
+                }
+            }
+        }
+        assert!(
+            matches!(result, Err(MuxError::ControlBacklog { .. })),
+            "{result:?} after {opened} OPENs"
+        );
+        assert!(opened <= 2 * 4 + 64, "{opened} refusals queued");
     }
 
     #[test]
@@ -1649,8 +1980,8 @@ mod tests {
             ..cfg()
         };
         let t0 = Instant::now();
-        let mut d = Mux::new(Role::Dialer, c.clone(), t0);
-        let mut a = Mux::new(Role::Acceptor, c, t0);
+        let mut d = settled(Role::Dialer, c.clone(), t0);
+        let mut a = settled(Role::Acceptor, c, t0);
         assert_eq!(d.poll_timeout(), Some(t0 + SEC));
         d.handle_timeout(t0 + SEC / 2).unwrap();
         assert!(!d.has_pending_transmit());
@@ -1674,7 +2005,7 @@ mod tests {
             ..cfg()
         };
         let t0 = Instant::now();
-        let mut d = Mux::new(Role::Dialer, c.clone(), t0);
+        let mut d = Mux::<()>::new(Role::Dialer, c.clone(), t0);
         d.handle_timeout(t0 + SEC).unwrap();
         d.handle_timeout(t0 + 2 * SEC).unwrap();
         assert_eq!(d.poll_timeout(), Some(t0 + 3 * SEC));
@@ -1684,7 +2015,7 @@ mod tests {
         );
 
         // Any PONG restarts the count, even one for an older PING.
-        let mut d = Mux::new(Role::Dialer, c, t0);
+        let mut d = Mux::<()>::new(Role::Dialer, c, t0);
         d.handle_timeout(t0 + SEC).unwrap();
         let pong = record(&[Frame::Pong { nonce: 12345 }]);
         d.handle_record(pong, t0 + 2 * SEC).unwrap();
@@ -1704,8 +2035,8 @@ mod tests {
             ..cfg()
         };
         let t0 = Instant::now();
-        let mut d = Mux::new(Role::Dialer, c.clone(), t0);
-        let mut a = Mux::new(Role::Acceptor, c, t0);
+        let mut d = Mux::<()>::new(Role::Dialer, c.clone(), t0);
+        let mut a = Mux::<()>::new(Role::Acceptor, c, t0);
         let mut greeting = Vec::new();
         encode_greeting(&mut greeting);
         d.handle_record(Bytes::from(greeting), t0).unwrap();
@@ -1741,7 +2072,7 @@ mod tests {
             ..cfg()
         };
         let t0 = Instant::now();
-        let mut d = Mux::new(Role::Dialer, c, t0);
+        let mut d = Mux::<()>::new(Role::Dialer, c, t0);
         for i in 0..2u64 {
             d.handle_timeout(t0 + (i as u32 + 1) * SEC).unwrap();
             let mut out = Vec::new();
@@ -1762,7 +2093,7 @@ mod tests {
             events(&mut p.d),
             vec![Event::OpenOk { stream: s }, Event::GoAway { reason: 7 }]
         );
-        assert_eq!(p.d.open("svc"), Err(MuxError::GoingAway));
+        assert_eq!(p.d.open("svc"), Err(StreamError::GoingAway));
         // Existing streams continue.
         p.d.send(s, Bytes::from_static(b"still")).unwrap();
         p.pump();
@@ -1779,7 +2110,7 @@ mod tests {
 
         let mut q = Pair::new(cfg());
         q.d.go_away(1);
-        assert_eq!(q.d.open("svc"), Err(MuxError::GoingAway));
+        assert_eq!(q.d.open("svc"), Err(StreamError::GoingAway));
         q.pump();
         assert_eq!(events(&mut q.a), vec![Event::GoAway { reason: 1 }]);
     }
@@ -1791,8 +2122,8 @@ mod tests {
             ..cfg()
         };
         let now = Instant::now();
-        let mut d = Mux::new(Role::Dialer, c.clone(), now);
-        let mut a = Mux::new(Role::Acceptor, c, now);
+        let mut d = settled(Role::Dialer, c.clone(), now);
+        let mut a = Mux::<()>::new(Role::Acceptor, c, now);
         for i in 0..100u8 {
             let s = d.open("svc").unwrap();
             d.send(s, Bytes::from(vec![i; 10])).unwrap();
@@ -1817,7 +2148,7 @@ mod tests {
     #[test]
     fn busy_streams_take_turns() {
         let now = Instant::now();
-        let mut d = Mux::new(
+        let mut d = Mux::<()>::new(
             Role::Dialer,
             MuxConfig {
                 max_record: 1000,
@@ -1848,7 +2179,7 @@ mod tests {
     #[test]
     fn poll_transmit_appends() {
         let now = Instant::now();
-        let mut d = Mux::new(Role::Dialer, cfg(), now);
+        let mut d = settled(Role::Dialer, cfg(), now);
         d.open("svc").unwrap();
         let mut out = vec![0xAA, 0xBB];
         assert!(d.poll_transmit(&mut out));
@@ -1918,7 +2249,7 @@ mod tests {
             } else {
                 Role::Acceptor
             };
-            let mut m = Mux::new(role, cfg(), now);
+            let mut m = Mux::<()>::new(role, cfg(), now);
             if role == Role::Dialer {
                 m.open("svc").unwrap();
             }
