@@ -236,6 +236,18 @@ const MAX_SEGMENTS: usize = 16;
 /// Smallest reservation of the shared read buffer: several bulk reads fit one allocation.
 const SCRATCH_MIN: usize = 512 * 1024;
 
+/// Waits for an error on `socket` (a reset from its peer) and returns it. Only error
+/// readiness is watched, so a socket at end of stream does not wake this.
+pub(crate) async fn socket_error(socket: &TcpStream) -> std::io::Error {
+    match socket.ready(Interest::ERROR).await {
+        Ok(_) => match socket.take_error() {
+            Ok(Some(e)) | Err(e) => e,
+            Ok(None) => std::io::ErrorKind::ConnectionReset.into(),
+        },
+        Err(e) => e,
+    }
+}
+
 /// Drops a socket with SO_LINGER 0, so the other end sees a TCP reset, not a clean end.
 pub(crate) fn reset_socket(socket: TcpStream) {
     let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));

@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::join::try_join_woken;
-use super::socket::{poll_read_chunks, reset_socket, write_all_chunks, WRITE_BATCH};
+use super::socket::{poll_read_chunks, reset_socket, socket_error, write_all_chunks, WRITE_BATCH};
 use crate::admin::ByteCounters;
 use crate::link::{End, Recv, Stream, BULK_READ};
 use crate::proto::chunk::Chunk;
@@ -78,7 +78,17 @@ pub async fn splice(
                 bulk = filled;
                 if n == 0 {
                     stream.finish().await.map_err(Abort::Remote)?;
-                    return Ok(());
+                    // Half-closed: nothing more is read, but a reset from the local side
+                    // must still cut the stream, even if no write is left to fail.
+                    return tokio::select! {
+                        end = poll_fn(|cx| stream.poll_end_of_sending(cx)) => match end {
+                            End::Closed => Ok(()),
+                            end => Err(Abort::Remote(end)),
+                        },
+                        e = socket_error(rd.as_ref()) => {
+                            Err(Abort::Local(format!("local socket: {e}")))
+                        }
+                    };
                 }
                 sent += n as u64;
                 if let Some(c) = counters {

@@ -503,6 +503,20 @@ impl Stream {
         }
     }
 
+    /// [`Stream::poll_end`] for the sending direction once it has finished: it waits on
+    /// the credit wake-up, which a finished sender no longer uses, so both directions can
+    /// wait for the end at once.
+    pub fn poll_end_of_sending(&self, cx: &mut Context<'_>) -> Poll<End> {
+        let mut st = self.shared.lock();
+        match st.end {
+            Some(end) => Poll::Ready(end),
+            None => {
+                st.tx_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
     /// `n` received bytes were written to the local socket: the peer gets that much credit
     /// back, reported once a quarter of the initial window has gathered (the mux grants a
     /// WINDOW once half the window was consumed since the last grant, so this never holds
