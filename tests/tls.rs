@@ -1130,6 +1130,9 @@ async fn an_older_dialer_gets_standard_records_and_a_byte_exact_stream() {
     for piece in sent.chunks(16_000) {
         let mut record = vec![0, 0];
         if first {
+            // Wire version 2: a link's first frame announces the sender's stream window;
+            // without it the acceptor could send only INITIAL_CREDIT back.
+            Frame::Settings { window: 256 * 1024 }.encode(&mut record);
             Frame::Open {
                 stream: 1,
                 service: "echo",
@@ -1158,7 +1161,10 @@ async fn an_older_dialer_gets_standard_records_and_a_byte_exact_stream() {
             while back.len() < sent.len() {
                 let read = read_mux_record(&mut tls, |frame| match frame {
                     Frame::Data { stream: 1, data } => back.extend_from_slice(data),
-                    Frame::OpenOk { stream: 1 } | Frame::Ping { .. } | Frame::Window { .. } => {}
+                    Frame::OpenOk { stream: 1 }
+                    | Frame::Ping { .. }
+                    | Frame::Window { .. }
+                    | Frame::Settings { .. } => {}
                     other => panic!("unexpected frame to the older dialer: {other:?}"),
                 })
                 .await;
