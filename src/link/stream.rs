@@ -8,7 +8,7 @@
 //! Received data is held within the stream's window: the peer may not send beyond its
 //! credit, small frames are copied into shared buffers (one allocation for many frames),
 //! and large frames stay where the link read them only while the read buffers they pin add
-//! up to no more than the window; beyond that they are copied too.
+//! up to no more than the window (or are a single one); beyond that they are copied too.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -202,7 +202,7 @@ impl Slot {
                     st.tail = BytesMut::with_capacity(TAIL_CHUNK);
                 }
                 st.tail.extend_from_slice(&data);
-            } else if pinned_here || st.pinned + from.alloc <= window {
+            } else if st.pins.is_empty() || pinned_here || st.pinned + from.alloc <= window {
                 st.flush_tail();
                 match st.pins.back_mut() {
                     Some(p) if p.generation == from.generation => p.chunks += 1,
