@@ -493,28 +493,27 @@ impl Stream {
     /// receiving direction waits here after the peer's FIN, so a reset that follows a FIN
     /// still reaches the local socket.
     pub fn poll_end(&self, cx: &mut Context<'_>) -> Poll<End> {
-        let mut st = self.shared.lock();
-        match st.end {
-            Some(end) => Poll::Ready(end),
-            None => {
-                st.rx_waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
+        self.poll_end_on(cx, |st| &mut st.rx_waker)
     }
 
     /// [`Stream::poll_end`] for the sending direction once it has finished: it waits on
     /// the credit wake-up, which a finished sender no longer uses, so both directions can
     /// wait for the end at once.
     pub fn poll_end_of_sending(&self, cx: &mut Context<'_>) -> Poll<End> {
+        self.poll_end_on(cx, |st| &mut st.tx_waker)
+    }
+
+    fn poll_end_on(
+        &self,
+        cx: &mut Context<'_>,
+        waker: impl FnOnce(&mut State) -> &mut Option<Waker>,
+    ) -> Poll<End> {
         let mut st = self.shared.lock();
-        match st.end {
-            Some(end) => Poll::Ready(end),
-            None => {
-                st.tx_waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
+        if let Some(end) = st.end {
+            return Poll::Ready(end);
         }
+        *waker(&mut st) = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// `n` received bytes were written to the local socket: the peer gets that much credit
