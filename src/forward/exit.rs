@@ -82,7 +82,17 @@ impl Exits for ExitTable {
                 }
             };
             let id = stream.id();
-            let socket = match tokio::time::timeout(TARGET_CONNECT_TIMEOUT, connect).await {
+            // A stream the peer resets (or whose link dies) while its target is still
+            // connecting gives the connect up at once: its place under `max_streams` is
+            // free again, and the target never sees a connection nobody will use.
+            let connected = tokio::select! {
+                r = tokio::time::timeout(TARGET_CONNECT_TIMEOUT, connect) => r,
+                end = std::future::poll_fn(|cx| stream.poll_end(cx)) => {
+                    tracing::debug!(%peer, service = %name, stream = id, "target connect abandoned: {end}");
+                    return;
+                }
+            };
+            let socket = match connected {
                 Ok(Ok(s)) => s,
                 failed => {
                     let why = match failed {
