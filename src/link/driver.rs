@@ -33,6 +33,9 @@ use crate::proto::mux::{Event, Mux, MuxConfig, Role, StreamError};
 
 /// Encrypted bytes queued for the socket before the driver stops pulling from the mux.
 const WRITE_HIGH_WATER: usize = 512 * 1024;
+/// Control frames queued in the mux that make the driver move them to the outbox between
+/// two records of one read.
+const CONTROL_FLUSH: usize = 32;
 /// Commands taken per wake-up, so frames of many streams share records.
 const CMD_BATCH: usize = 128;
 /// Socket read buffer reservation.
@@ -408,7 +411,7 @@ impl Driver {
                 return Ok(());
             };
             self.mux.handle_record(record, now)?;
-            self.dispatch_events();
+            self.after_record()?;
         }
         while self.rbuf.len() >= 2 {
             let Transport::Noise(session) = &mut self.transport else {
@@ -429,7 +432,18 @@ impl Driver {
             record.truncate(n);
             let record = record.freeze();
             self.mux.handle_record(record, now)?;
-            self.dispatch_events();
+            self.after_record()?;
+        }
+        Ok(())
+    }
+
+    /// Hands a record's events on; answers that pile up (refusals of a burst of OPENs) move
+    /// to the outbox before the next record, so that only answers the socket cannot take,
+    /// because the peer does not read, count towards the mux's control backlog limit.
+    fn after_record(&mut self) -> Result<(), LinkError> {
+        self.dispatch_events();
+        if self.mux.control_queued() >= CONTROL_FLUSH {
+            self.fill_write_buffer()?;
         }
         Ok(())
     }

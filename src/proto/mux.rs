@@ -892,6 +892,11 @@ impl<T> Mux<T> {
 
     /// Control frames the peer may leave unread (answers to its OPENs) before it counts
     /// as not reading: a refusal per stream it may have open, twice over, and some slack.
+    /// Control frames (answers, credit, pings) waiting for [`Mux::poll_transmit`].
+    pub fn control_queued(&self) -> usize {
+        self.control.len()
+    }
+
     fn control_limit(&self) -> usize {
         2 * self.cfg.max_streams + 64
     }
