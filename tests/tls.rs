@@ -22,6 +22,7 @@ use common::client::expect_rejected;
 use common::data::{send_random, XorShift};
 use common::mesh::TestMesh;
 use common::redis::{RedisServer, Resp};
+use common::rogue::{read_mux_record, tls13_client_config, tls_preamble_sent};
 use common::servers::{CountingServer, EchoServer, SinkServer};
 use common::{metrics_text, sample};
 
@@ -206,33 +207,6 @@ async fn a_tls_pair_and_a_noise_pair_carry_streams_at_once() {
         )
     })
     .await;
-}
-
-/// A TLS 1.3 client configuration as a meshd dialer's, but with no ALPN: trusting the CA
-/// certificates of `trusted_ca_pem` and presenting `cert`.
-fn tls13_client_config(trusted_ca_pem: &str, cert: &Issued) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(trusted_ca_pem.as_bytes()) {
-        roots.add(c.expect("ca pem")).expect("add root");
-    }
-    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("key pem");
-    rustls::ClientConfig::builder_with_provider(meshd::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(vec![CertificateDer::from(cert.der.clone())], key)
-        .expect("client cert")
-}
-
-/// A connection to a mesh port that has sent the tls preamble claiming to be `claimed`.
-async fn tls_preamble_sent(addr: SocketAddr, claimed: &str) -> TcpStream {
-    let mut tcp = TcpStream::connect(addr).await.expect("connect mesh port");
-    let preamble = Preamble {
-        mode: AuthMode::Tls,
-        name: PeerName::new(claimed).expect("name"),
-    };
-    tcp.write_all(&preamble.encode()).await.expect("preamble");
-    tcp
 }
 
 /// A hand-made tls dialer: the preamble naming `claimed`, then a TLS 1.3 client handshake
@@ -1058,25 +1032,6 @@ async fn a_link_dialled_by_a_reload_uses_that_reloads_certificate() {
     )
     .await
     .expect("echo over the link dialled by the reload");
-}
-
-/// One mux record (`u16 length ‖ frames`) read from a rustls stream, as an older meshd
-/// read them; its frames are handed to `on_frame`.
-async fn read_mux_record<S: tokio::io::AsyncRead + Unpin>(
-    tls: &mut S,
-    mut on_frame: impl FnMut(Frame<'_>),
-) -> std::io::Result<()> {
-    let mut len = [0u8; 2];
-    tls.read_exact(&mut len).await?;
-    let mut record = vec![0u8; u16::from_be_bytes(len) as usize];
-    tls.read_exact(&mut record).await?;
-    let mut at = 0;
-    while at < record.len() {
-        let (frame, used) = meshd::proto::frame::decode(&record[at..]).expect("a valid frame");
-        on_frame(frame);
-        at += used;
-    }
-    Ok(())
 }
 
 /// A dialer from before large TLS records (rustls's buffered API, no ALPN offered, mux

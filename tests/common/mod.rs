@@ -11,6 +11,7 @@ pub mod mesh;
 pub mod pg;
 pub mod ports;
 pub mod redis;
+pub mod rogue;
 pub mod servers;
 
 use std::future::Future;
