@@ -23,8 +23,9 @@ use crate::link::{
 };
 use crate::tls::TlsStore;
 
-/// How long in-flight streams may take to finish after a shutdown request.
-pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// After the drain grace: how long the resets of the streams left get to reach their
+/// sockets and peers before the process exits.
+const FINAL_FLUSH: Duration = Duration::from_secs(3);
 
 /// Runtime failures of a daemon (configuration errors are caught before this runs).
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +114,8 @@ struct Entrance {
     forward: Forward,
     listener: Arc<TcpListener>,
     cancel: CancellationToken,
+    /// Its accept loop, which holds the listener's other reference.
+    task: tokio::task::JoinHandle<()>,
 }
 
 struct Dialer {
@@ -126,7 +129,12 @@ struct Dialer {
 pub struct Daemon {
     cfg: Config,
     cancel: CancellationToken,
+    /// Every task that carries or accepts traffic: links, entrances, streams.
     tracker: TaskTracker,
+    /// The admin server's tasks, which outlive the drain (health checks and scrapes see it).
+    admin_tracker: TaskTracker,
+    /// The mesh listener's accept loop, which owns the listener.
+    mesh_task: Option<tokio::task::JoinHandle<()>>,
     mesh_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
@@ -263,7 +271,7 @@ impl Daemon {
             tracker.clone(),
             tls.clone(),
         ));
-        tracker.spawn(link::serve_mesh(
+        let mesh_task = tracker.spawn(link::serve_mesh(
             mesh_listener,
             accept.clone(),
             metrics.clone(),
@@ -276,16 +284,19 @@ impl Daemon {
             metrics: metrics.clone(),
             started: std::time::Instant::now(),
         });
-        tracker.spawn(admin::serve_admin(
+        let admin_tracker = TaskTracker::new();
+        admin_tracker.spawn(admin::serve_admin(
             admin_listener,
             admin_state,
-            tracker.clone(),
+            admin_tracker.clone(),
             cancel.clone(),
         ));
         let mut daemon = Daemon {
             cfg,
             cancel,
             tracker,
+            admin_tracker,
+            mesh_task: Some(mesh_task),
             mesh_addr,
             admin_addr,
             metrics,
@@ -382,7 +393,7 @@ impl Daemon {
             return;
         };
         let cancel = self.cancel.child_token();
-        self.tracker.spawn(serve_forward(
+        let task = self.tracker.spawn(serve_forward(
             listener.clone(),
             Arc::new(forward.clone()),
             dialer.slot.subscribe(),
@@ -397,6 +408,7 @@ impl Daemon {
                 forward,
                 listener,
                 cancel,
+                task,
             },
         );
     }
@@ -537,15 +549,76 @@ impl Daemon {
         Ok(summary)
     }
 
-    /// Stops accepting, closes links, and waits up to [`DRAIN_GRACE`] for streams.
+    /// Drains, then stops: see [`Daemon::shutdown_or`], with no way to cut the drain
+    /// short.
     pub async fn shutdown(self) {
-        self.cancel.cancel();
+        self.shutdown_or(std::future::pending()).await
+    }
+
+    /// Drains for up to `drain_grace_ms`, then stops.
+    ///
+    /// 1. No new work: entrances and the mesh listener close (new local connections and new
+    ///    links are refused by the kernel), every link sends GOAWAY and refuses new
+    ///    streams; `/healthz` answers 503 and `meshd_draining` is 1.
+    /// 2. Open streams run on until they end, the grace is over, or `cut_now` completes
+    ///    (a second SIGTERM).
+    /// 3. Whatever is still open is reset (its clients see ECONNRESET, never a clean end),
+    ///    the links close, and the resets get [`FINAL_FLUSH`] to go out.
+    pub async fn shutdown_or(mut self, cut_now: impl std::future::Future<Output = ()>) {
+        let grace = self.cfg.host.drain_grace;
+        let started = std::time::Instant::now();
+        self.metrics.set_draining();
+        let mut listeners = Vec::new();
+        for (_, entrance) in std::mem::take(&mut self.entrances) {
+            entrance.cancel.cancel();
+            listeners.push(entrance.task);
+        }
+        self.accept.drain();
+        listeners.extend(self.mesh_task.take());
+        for dialer in self.dialers.values() {
+            dialer.drain.cancel();
+        }
+        // Once the accept loops have returned, their listeners are closed: a connection
+        // from now on is refused by the kernel.
+        for task in listeners {
+            let _ = tokio::time::timeout(FINAL_FLUSH, task).await;
+        }
+        let open = self.metrics.open_streams();
+        tracing::info!(
+            open_streams = open,
+            grace_ms = grace.as_millis() as u64,
+            "draining: no new connections or streams; open streams may finish"
+        );
+        // Links and serving loops leave the tracker as they drain; so do streams as they end.
         self.tracker.close();
-        if tokio::time::timeout(DRAIN_GRACE, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("streams still open after {DRAIN_GRACE:?}; exiting anyway");
+        tokio::select! {
+            _ = self.tracker.wait() => {
+                tracing::info!(
+                    drained_ms = started.elapsed().as_millis() as u64,
+                    "drained: every stream finished"
+                );
+            }
+            _ = tokio::time::sleep(grace) => {
+                tracing::warn!(
+                    open_streams = self.metrics.open_streams(),
+                    "drain grace of {grace:?} is over: resetting the streams still open"
+                );
+            }
+            _ = cut_now => {
+                tracing::warn!(
+                    open_streams = self.metrics.open_streams(),
+                    "asked again to stop: resetting the streams still open"
+                );
+            }
+        }
+        self.cancel.cancel();
+        self.admin_tracker.close();
+        let stopped = async {
+            self.tracker.wait().await;
+            self.admin_tracker.wait().await;
+        };
+        if tokio::time::timeout(FINAL_FLUSH, stopped).await.is_err() {
+            tracing::warn!("tasks still running {FINAL_FLUSH:?} after the resets; exiting anyway");
         }
     }
 }

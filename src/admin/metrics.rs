@@ -178,6 +178,7 @@ pub struct Metrics {
     config_hash: Mutex<String>,
     tls_cert_expiry: Gauge,
     busy_poll: Counter<f64, std::sync::atomic::AtomicU64>,
+    draining: Gauge,
     links: Mutex<BTreeMap<(PeerName, &'static str), Arc<LinkEntry>>>,
 }
 
@@ -196,6 +197,12 @@ impl Metrics {
             "meshd_link_rtt_seconds",
             "Round-trip time of link keepalive pings",
             link_rtt.clone(),
+        );
+        let draining = Gauge::default();
+        registry.register(
+            "meshd_draining",
+            "1 while meshd drains for shutdown: no new connections, open streams finishing",
+            draining.clone(),
         );
         let link_established = Family::<PeerLabels, Counter>::default();
         registry.register(
@@ -296,8 +303,19 @@ impl Metrics {
             config_hash: Mutex::new(config_hash.to_owned()),
             tls_cert_expiry,
             busy_poll,
+            draining,
             links: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The daemon started draining for shutdown: `/healthz` answers 503 from now on.
+    pub fn set_draining(&self) {
+        self.draining.set(1);
+    }
+
+    /// True once [`Metrics::set_draining`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.get() != 0
     }
 
     /// The TLS certificate in use now expires at `not_after` (Unix seconds).
@@ -367,6 +385,14 @@ impl Metrics {
     pub(crate) fn links(&self) -> Vec<Arc<LinkEntry>> {
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         links.values().cloned().collect()
+    }
+
+    /// Streams open now, over every link.
+    pub fn open_streams(&self) -> i64 {
+        self.links()
+            .iter()
+            .map(|e| e.streams.load(Ordering::Relaxed))
+            .sum()
     }
 
     fn up_gauge(&self, peer: &PeerName, direction: Direction) -> Gauge {
@@ -541,9 +567,13 @@ impl LinkObserver {
         self.entry.state().auth = Some(auth);
     }
 
-    /// The link ended with `err`. A local close (shutdown, superseded) is not a failure.
+    /// The link ended with `err`. An orderly close (shutdown, superseded, drained, or the
+    /// peer's GOAWAY then close) is not a failure.
     pub fn down(mut self, err: &LinkError) {
-        if !matches!(err, LinkError::Cancelled) {
+        if !matches!(
+            err,
+            LinkError::Cancelled | LinkError::Drained | LinkError::PeerWentAway
+        ) {
             self.metrics.count_failure(&self.entry.peer, err);
             self.entry.state().last_error = Some(err.to_string());
         }

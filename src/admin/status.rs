@@ -94,8 +94,12 @@ impl Metrics {
         }
     }
 
-    /// `None` when healthy, else one line per required link that is down.
+    /// `None` when healthy, else why not: draining for shutdown, or one line per required
+    /// link that is down.
     pub fn unhealthy(&self) -> Option<String> {
+        if self.is_draining() {
+            return Some("draining: meshd is shutting down".to_owned());
+        }
         let down: Vec<String> = self
             .links()
             .iter()

@@ -280,6 +280,9 @@ pub struct HostConfig {
     /// Longest adaptive poll before the runtime sleeps (`busy_poll_us`; 0 = never poll).
     /// See [`crate::busy_poll`].
     pub busy_poll: Duration,
+    /// How long open streams may run on after SIGTERM before they are reset
+    /// (`drain_grace_ms`, default 20 s).
+    pub drain_grace: Duration,
 }
 
 /// Everything a daemon needs, loaded and validated before any port is bound.

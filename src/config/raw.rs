@@ -111,4 +111,6 @@ pub(super) struct RawHost {
     pub ca: Option<Spanned<String>>,
     #[serde(default)]
     pub busy_poll_us: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub drain_grace_ms: Option<Spanned<i64>>,
 }

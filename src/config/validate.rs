@@ -36,6 +36,11 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/meshd";
 pub const DEFAULT_BUSY_POLL_US: u64 = 200;
 /// Largest `busy_poll_us`: polling longer than this is sleeping with extra steps.
 const MAX_BUSY_POLL_US: i64 = 10_000;
+/// Default `drain_grace_ms`: how long open streams may run on after SIGTERM. Under the
+/// shipped systemd unit's `TimeoutStopSec` (30 s), with room for the final resets.
+pub const DEFAULT_DRAIN_GRACE_MS: u64 = 20_000;
+/// Largest `drain_grace_ms` (one hour).
+const MAX_DRAIN_GRACE_MS: i64 = 3_600_000;
 /// Mesh port when neither the host config nor the peer's endpoints give one.
 const DEFAULT_MESH_PORT: u16 = 7443;
 
@@ -1093,6 +1098,21 @@ fn parse_host(path: &Path) -> Result<(HostConfig, HostLines), Vec<Diagnostic>> {
             DEFAULT_BUSY_POLL_US
         }
     };
+    let drain_grace_ms = match &raw.drain_grace_ms {
+        None => DEFAULT_DRAIN_GRACE_MS,
+        Some(v) if (0..=MAX_DRAIN_GRACE_MS).contains(v.get_ref()) => *v.get_ref() as u64,
+        Some(v) => {
+            diags.push(src.at(
+                v,
+                "drain_grace_ms",
+                format!(
+                    "{} is out of range: use 0 (reset open streams at once) to {MAX_DRAIN_GRACE_MS}",
+                    v.get_ref()
+                ),
+            ));
+            DEFAULT_DRAIN_GRACE_MS
+        }
+    };
 
     let Some(name) = name else {
         return Err(diags);
@@ -1119,6 +1139,7 @@ fn parse_host(path: &Path) -> Result<(HostConfig, HostLines), Vec<Diagnostic>> {
         state_dir,
         tls,
         busy_poll: Duration::from_micros(busy_poll_us),
+        drain_grace: Duration::from_millis(drain_grace_ms),
     };
     Ok((host, lines))
 }

@@ -13,9 +13,8 @@ use tokio_util::task::TaskTracker;
 use super::socket::reset_socket;
 use super::splice::{splice, SpliceEnd};
 use crate::admin::Metrics;
-use crate::config::Forward;
-use crate::link::Direction;
-use crate::link::LinkHandle;
+use crate::config::{Forward, ServiceName};
+use crate::link::{Direction, LinkHandle, OpenFailure, Stream};
 
 /// Accepts on `listener` until `cancel` fires; streams already open run to completion
 /// (they are tracked by `tracker`).
@@ -46,26 +45,13 @@ pub async fn serve_forward(
         let metrics = metrics.clone();
         tracker.spawn(async move {
             let to = format!("{}/{}", forward.peer, forward.service);
-            let ready = tokio::time::timeout(link_wait, async {
-                match link
-                    .wait_for(|h| h.as_ref().is_some_and(|h| !h.is_closed()))
-                    .await
-                {
-                    Ok(h) => h.clone(),
-                    Err(_) => None,
-                }
-            })
-            .await;
-            let handle = ready.unwrap_or(None);
-            let Some(handle) = handle else {
-                tracing::warn!(%client, to, "stream refused: link to {} is down", forward.peer);
-                metrics.stream_refused(&forward.peer, &forward.service);
-                reset_socket(socket);
-                return;
-            };
-            let stream = match handle.open(&forward.service).await {
+            let stream = match open_within(&mut link, &forward.service, link_wait).await {
                 Ok(s) => s,
                 Err(e) => {
+                    let e = match e {
+                        OpenFailure::LinkDown => format!("link to {} is down", forward.peer),
+                        other => other.to_string(),
+                    };
                     tracing::warn!(%client, to, "stream refused: {e}");
                     metrics.stream_refused(&forward.peer, &forward.service);
                     reset_socket(socket);
@@ -86,5 +72,37 @@ pub async fn serve_forward(
                 }
             }
         });
+    }
+}
+
+/// Opens a stream on the link in `link`, waiting up to `link_wait` for a link to be up. A
+/// link that is going away (its peer drains) is skipped: the stream waits for the next one.
+async fn open_within(
+    link: &mut watch::Receiver<Option<LinkHandle>>,
+    service: &ServiceName,
+    link_wait: Duration,
+) -> Result<Stream, OpenFailure> {
+    let deadline = tokio::time::Instant::now() + link_wait;
+    let mut going_away: Option<LinkHandle> = None;
+    loop {
+        let usable = |h: &Option<LinkHandle>| {
+            h.as_ref().is_some_and(|h| {
+                !h.is_closed() && !going_away.as_ref().is_some_and(|g| g.same_link(h))
+            })
+        };
+        let handle = match tokio::time::timeout_at(deadline, link.wait_for(usable)).await {
+            Ok(Ok(h)) => h.clone(),
+            Ok(Err(_)) | Err(_) => None,
+        };
+        let Some(handle) = handle else {
+            return Err(match going_away {
+                Some(_) => OpenFailure::GoingAway,
+                None => OpenFailure::LinkDown,
+            });
+        };
+        match handle.open(service).await {
+            Err(OpenFailure::GoingAway) => going_away = Some(handle),
+            other => return other,
+        }
     }
 }

@@ -95,6 +95,9 @@ pub struct AcceptContext {
     pub tls: Arc<TlsStore>,
     inbound: Mutex<HashMap<PeerName, (u64, CancellationToken)>>,
     next_link_id: std::sync::atomic::AtomicU64,
+    /// Fired by [`AcceptContext::drain`]: the listener closes and every inbound link, now
+    /// or later, sends GOAWAY and closes once its streams are done.
+    drain: CancellationToken,
 }
 
 impl AcceptContext {
@@ -116,7 +119,15 @@ impl AcceptContext {
             tls,
             inbound: Mutex::new(HashMap::new()),
             next_link_id: std::sync::atomic::AtomicU64::new(1),
+            drain: CancellationToken::new(),
         }
+    }
+
+    /// Stops accepting links (the mesh listener closes, so a dialing peer is refused by
+    /// the kernel) and drains every inbound link: GOAWAY, no new streams, closed once its
+    /// open streams have finished.
+    pub fn drain(&self) {
+        self.drain.cancel();
     }
 
     fn policy(&self) -> Arc<AcceptPolicy> {
@@ -147,7 +158,8 @@ impl AcceptContext {
     }
 }
 
-/// Serves the mesh listener until `cancel` fires.
+/// Serves the mesh listener until `cancel` fires or the context drains; the listener
+/// closes when this returns.
 pub async fn serve_mesh(
     listener: TcpListener,
     ctx: Arc<AcceptContext>,
@@ -160,6 +172,7 @@ pub async fn serve_mesh(
     loop {
         let (socket, remote) = tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = ctx.drain.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -367,9 +380,7 @@ async fn run_inbound(
         tls_records = %tls_records,
         "link up"
     );
-    let err = driver
-        .run(socket, rx, link_cancel, CancellationToken::new())
-        .await;
+    let err = driver.run(socket, rx, link_cancel, ctx.drain.clone()).await;
     observer.down(&err);
     {
         let mut inbound = ctx.inbound.lock().unwrap_or_else(|p| p.into_inner());

@@ -76,8 +76,13 @@ impl Backoff {
     /// Called when a link ends: a link that lived long enough resets the delay.
     pub fn link_ended(&mut self, lived: Duration) {
         if lived >= self.cfg.healthy {
-            self.ceiling = self.cfg.min;
+            self.reset();
         }
+    }
+
+    /// Back to the minimum delay (the peer closed in order and is expected back soon).
+    pub fn reset(&mut self) {
+        self.ceiling = self.cfg.min;
     }
 }
 

@@ -160,6 +160,12 @@ pub async fn supervise(
                 let observer = metrics.link_up(&ctx.peer, Direction::Dialer);
                 observer.set_auth(ctx.mode.as_str());
                 let tls_records = transport.records_label();
+                // The acceptor's GOAWAY (it is draining) takes this link out of the slot at
+                // once: new connections wait for the next link instead of being refused.
+                let on_go_away = {
+                    let (slot, mine) = (slot.clone(), handle.clone());
+                    move || take_out_of_use(&slot, &mine)
+                };
                 let driver = Driver::new(
                     ctx.peer.clone(),
                     Direction::Dialer,
@@ -168,7 +174,8 @@ pub async fn supervise(
                     tx,
                     None,
                     observer.rtt(),
-                );
+                )
+                .on_go_away(on_go_away);
                 let started = Instant::now();
                 tracing::info!(
                     peer = %ctx.peer,
@@ -182,9 +189,9 @@ pub async fn supervise(
                     "link up"
                 );
                 let link_cancel = cancel.child_token();
-                slot.send_replace(Some(handle));
+                slot.send_replace(Some(handle.clone()));
                 let err = driver.run(socket, rx, link_cancel, drain.clone()).await;
-                slot.send_replace(None);
+                take_out_of_use(&slot, &handle);
                 observer.down(&err);
                 if drain.is_cancelled() {
                     tracing::info!(peer = %ctx.peer, direction = "dialer", reason = err.reason(), "link closed: {err}");
@@ -194,13 +201,20 @@ pub async fn supervise(
                     tracing::info!(peer = %ctx.peer, direction = "dialer", "link closed");
                     return;
                 }
-                tracing::warn!(
-                    peer = %ctx.peer,
-                    direction = "dialer",
-                    reason = err.reason(),
-                    "link down: {err}"
-                );
-                backoff.link_ended(started.elapsed());
+                if matches!(err, LinkError::PeerWentAway) {
+                    // An orderly close: the peer restarts or reloads; redial from the
+                    // shortest delay.
+                    tracing::info!(peer = %ctx.peer, direction = "dialer", reason = err.reason(), "link closed: {err}; redialing");
+                    backoff.reset();
+                } else {
+                    tracing::warn!(
+                        peer = %ctx.peer,
+                        direction = "dialer",
+                        reason = err.reason(),
+                        "link down: {err}"
+                    );
+                    backoff.link_ended(started.elapsed());
+                }
             }
             Err(err) => {
                 metrics.dial_failed(&ctx.peer, &err);
@@ -222,6 +236,18 @@ pub async fn supervise(
             _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// Empties `slot` if it still holds `link`: a reload may have replaced this supervisor,
+/// and the slot may already hold its successor's link.
+fn take_out_of_use(slot: &LinkSlot, link: &LinkHandle) {
+    slot.send_if_modified(|now| {
+        let ours = now.as_ref().is_some_and(|h| h.same_link(link));
+        if ours {
+            *now = None;
+        }
+        ours
+    });
 }
 
 /// An authenticated connection, ready for the driver.

@@ -169,6 +169,10 @@ pub(crate) struct Driver {
     rtt: RttObserver,
     /// A token fired (see [`watch_tokens`]); acted on after the command batch.
     stop: Option<Stop>,
+    /// The peer sent GOAWAY: an end of the connection that follows is its orderly close.
+    peer_went_away: bool,
+    /// Called once when the peer's GOAWAY arrives (the dialer takes the link out of use).
+    on_go_away: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// Sends [`Cmd::Stop`] to the link's driver when `drain` or `cancel` fires; ends when the
@@ -232,7 +236,16 @@ impl Driver {
             out: Outbox::default(),
             rtt,
             stop: None,
+            peer_went_away: false,
+            on_go_away: None,
         }
+    }
+
+    /// Calls `f` once, when the peer's GOAWAY arrives: from then on the link takes no new
+    /// streams, and its open ones run to their end.
+    pub(crate) fn on_go_away(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+        self.on_go_away = Some(Box::new(f));
+        self
     }
 
     /// Runs the link until it fails or is cancelled; returns why it ended. Every stream
@@ -250,7 +263,10 @@ impl Driver {
         // every turn (one per message when traffic is light) took two locks each. The
         // watcher ends when the command channel closes below.
         tokio::spawn(watch_tokens(cancel, drain, self.cmds_tx.clone()));
-        let err = self.serve(&mut socket, &mut cmds).await;
+        let mut err = self.serve(&mut socket, &mut cmds).await;
+        if self.peer_went_away && matches!(err, LinkError::Closed) {
+            err = LinkError::PeerWentAway;
+        }
         for (_, slot) in self.mux.drain_slots() {
             slot.end(End::LinkLost);
         }
@@ -512,7 +528,16 @@ impl Driver {
                     tracing::trace!(peer = %self.peer, rtt_us = rtt.as_micros() as u64, "pong");
                 }
                 Event::GoAway { reason } => {
-                    tracing::info!(peer = %self.peer, reason, "peer is going away");
+                    tracing::info!(
+                        peer = %self.peer,
+                        reason,
+                        open_streams = self.mux.stream_count(),
+                        "peer is going away: open streams finish, new ones wait for the next link"
+                    );
+                    self.peer_went_away = true;
+                    if let Some(f) = self.on_go_away.take() {
+                        f();
+                    }
                 }
                 Event::Closed { .. } => {
                     if let Some(slot) = ended {
@@ -567,6 +592,9 @@ impl Driver {
                         stream.disarm(End::LocalReset);
                         self.reset_stream(id);
                     }
+                }
+                Err(StreamError::GoingAway) => {
+                    let _ = reply.send(Err(OpenFailure::GoingAway));
                 }
                 Err(e) => {
                     let _ = reply.send(Err(OpenFailure::Refused(e.to_string())));

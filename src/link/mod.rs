@@ -66,6 +66,10 @@ pub enum LinkError {
     /// The link was drained on purpose: its last stream finished.
     #[error("drained: no longer needed")]
     Drained,
+    /// The peer sent GOAWAY (it is draining: shutting down or no longer needs the link),
+    /// then closed the link once its streams were done.
+    #[error("the peer went away (GOAWAY, then closed)")]
+    PeerWentAway,
     /// No endpoint of the peer could be reached.
     #[error("no endpoint reachable: {0}")]
     Unreachable(String),
@@ -86,6 +90,7 @@ impl LinkError {
             LinkError::RecordLength(_) => "oversized",
             LinkError::Cancelled => "cancelled",
             LinkError::Drained => "drained",
+            LinkError::PeerWentAway => "peer_went_away",
             LinkError::Unreachable(_) => "unreachable",
         }
     }
@@ -144,7 +149,10 @@ pub enum OpenFailure {
     /// The link is gone.
     #[error("link is down")]
     LinkDown,
-    /// The link refuses new streams (limit reached, or it is going away).
+    /// The link is going away (GOAWAY sent or received): the next link takes new streams.
+    #[error("link is going away")]
+    GoingAway,
+    /// The link refuses new streams (limit reached).
     #[error("link refuses new streams: {0}")]
     Refused(String),
 }
@@ -173,6 +181,11 @@ impl LinkHandle {
     /// True once the link's driver has stopped.
     pub fn is_closed(&self) -> bool {
         self.cmds.is_closed()
+    }
+
+    /// True when both handles are of one link.
+    pub fn same_link(&self, other: &LinkHandle) -> bool {
+        self.cmds.same_channel(&other.cmds)
     }
 
     /// Opens a stream to `service` on the peer. Returns at once: the OPEN frame is queued

@@ -173,6 +173,8 @@ async fn localize(mut manifest: Manifest, dir: &Path, ports: &mut Ports) -> Resu
                 tls: tls_files,
                 // The demo's daemons share one process and one story; none polls.
                 busy_poll: std::time::Duration::ZERO,
+                // Its streams are done when it stops.
+                drain_grace: std::time::Duration::from_secs(2),
             },
             manifest: manifest.clone(),
             private_key,

@@ -22,7 +22,10 @@ const EX_USAGE: u8 = 64;
     long_about = "meshd runs on every server of the mesh. It reads its host config (name, key, \
 manifest path), loads and validates the whole manifest before binding any port, keeps one \
 link up to each peer it forwards to, and serves its own services to the peers on their \
-allow lists.\n\nExit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 64 when the \
+allow lists.\n\nSIGHUP reloads the configuration. SIGTERM (or SIGINT) drains: entrances and \
+the mesh port close, every link sends GOAWAY, open streams run on for up to \
+drain_grace_ms (host config, default 20000), then the rest are reset; a second SIGTERM \
+resets them at once.\n\nExit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 64 when the \
 configuration is invalid (nothing was bound), 1 on a runtime failure (e.g. a port in use)."
 )]
 struct Args {
@@ -189,8 +192,9 @@ async fn run_daemon(path: PathBuf, single_thread: bool) -> ExitCode {
         notify_systemd("READY=1");
     }
     notify_systemd("STOPPING=1");
-    tracing::info!("shutting down: no new connections; draining open streams");
-    daemon.shutdown().await;
+    tracing::info!("shutting down (SIGTERM or SIGINT again resets open streams at once)");
+    let again = async { while !matches!(signals.next().await, Signal::Stop) {} };
+    daemon.shutdown_or(again).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
