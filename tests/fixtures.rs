@@ -191,6 +191,7 @@ fn test_mesh_writes_manifest_keys_and_host_configs() {
             keys,
             [
                 "admin",
+                "drain_grace_ms",
                 "key",
                 "listen",
                 "manifest",

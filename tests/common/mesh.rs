@@ -20,6 +20,10 @@ const RUST_LOG: &str = "info,meshd=debug";
 
 /// How long `stop` waits after SIGTERM before it kills.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// `drain_grace_ms` of every test host unless set with [`TestMeshBuilder::drain_grace`]:
+/// short, so that a test stopping a daemon whose clients still hold connections finishes
+/// within [`STOP_TIMEOUT`].
+const TEST_DRAIN_GRACE_MS: u64 = 3000;
 
 /// A service a peer exports.
 #[derive(Clone, Debug)]
@@ -164,9 +168,16 @@ pub struct TestMeshBuilder {
     services: Vec<(String, String, SocketAddr, Vec<String>)>,
     forwards: Vec<(String, ForwardSpec)>,
     overrides: Vec<(String, Override)>,
+    drain_grace: BTreeMap<String, u64>,
 }
 
 impl TestMeshBuilder {
+    /// `drain_grace_ms` in `host`'s meshd.toml (default 3000 in tests).
+    pub fn drain_grace(mut self, host: &str, ms: u64) -> Self {
+        self.drain_grace.insert(host.to_owned(), ms);
+        self
+    }
+
     /// `mesh_id` (default `t`).
     pub fn mesh_id(mut self, id: &str) -> Self {
         self.mesh_id = id.to_owned();
@@ -297,6 +308,11 @@ impl TestMeshBuilder {
                     },
                     log_offset: 0,
                     child: None,
+                    drain_grace_ms: self
+                        .drain_grace
+                        .get(name)
+                        .copied()
+                        .unwrap_or(TEST_DRAIN_GRACE_MS),
                 },
             );
         }
@@ -364,6 +380,7 @@ struct Host {
     /// Where the current run's output starts in the log file.
     log_offset: u64,
     child: Option<Child>,
+    drain_grace_ms: u64,
 }
 
 /// A mesh of real `meshd` processes in a temporary directory; kills its daemons on drop
@@ -428,6 +445,7 @@ impl TestMesh {
             services: Vec::new(),
             forwards: Vec::new(),
             overrides: Vec::new(),
+            drain_grace: BTreeMap::new(),
         }
     }
 
@@ -448,13 +466,15 @@ impl TestMesh {
         let host_dir = self.root.join(name);
         let path_str = |p: &Path| quote(p.to_str().expect("utf-8 temp path"));
         let mut s = format!(
-            "name = {}\nmanifest = {}\nkey = {}\nlisten = {}\nadmin = {}\nstate_dir = {}\n",
+            "name = {}\nmanifest = {}\nkey = {}\nlisten = {}\nadmin = {}\nstate_dir = {}\n\
+             drain_grace_ms = {}\n",
             quote(name),
             path_str(&host.manifest_dir),
             path_str(&host_dir.join("host.key")),
             quote(&self.mesh_addr(name).to_string()),
             quote(&host.admin.to_string()),
             path_str(&host_dir.join("state")),
+            host.drain_grace_ms,
         );
         if let Some(secret) = &self.secret {
             s.push_str(&format!("mesh_secret = {}\n", path_str(secret)));
@@ -624,15 +644,30 @@ impl TestMesh {
 
     /// SIGTERMs `name`'s daemon and waits for it to exit (SIGKILL and panic after 10 s).
     pub async fn stop(&mut self, name: &str) -> ExitStatus {
+        self.signal(name, "TERM");
+        self.wait_exit(name, STOP_TIMEOUT).await
+    }
+
+    /// Sends `signal` (`TERM`, `HUP`, …) to `name`'s running daemon.
+    pub fn signal(&mut self, name: &str, signal: &str) {
+        let pid = self
+            .pid(name)
+            .unwrap_or_else(|| panic!("{name} is not running"));
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Waits for `name`'s daemon to exit and reaps it (SIGKILL and panic after `timeout`).
+    pub async fn wait_exit(&mut self, name: &str, timeout: Duration) -> ExitStatus {
         let mut child = self
             .host_mut(name)
             .child
             .take()
             .unwrap_or_else(|| panic!("{name} was not started"));
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 return status;
@@ -641,7 +676,7 @@ impl TestMesh {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "{name} did not exit within {STOP_TIMEOUT:?} of SIGTERM; log:\n{}",
+                    "{name} did not exit within {timeout:?}; log:\n{}",
                     self.log(name)
                 );
             }
