@@ -656,6 +656,29 @@ fn busy_poll_us_defaults_and_range() {
 }
 
 #[test]
+fn drain_grace_ms_defaults_and_range() {
+    let f = Fixture::new();
+    let path = host_fixture(&f, "");
+    let c = load_config(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.host.drain_grace, Duration::from_secs(20));
+    let path = host_fixture(&f, "drain_grace_ms = 0\n");
+    let c = load_config(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.host.drain_grace, Duration::ZERO);
+    for bad in ["-1", "3600001"] {
+        let path = host_fixture(&f, &format!("drain_grace_ms = {bad}\n"));
+        let e = load_config(&path).expect_err("out of range");
+        let d = find(e.diagnostics(), "meshd.toml", "drain_grace_ms");
+        assert_eq!(d.line, Some(4), "{}", show(e.diagnostics()));
+        assert!(
+            d.message
+                .contains("use 0 (reset open streams at once) to 3600000"),
+            "{}",
+            d.message
+        );
+    }
+}
+
+#[test]
 fn group_readable_key_is_refused_with_chmod_hint() {
     let f = Fixture::new();
     let path = host_fixture(&f, "");
