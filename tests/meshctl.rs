@@ -363,3 +363,99 @@ fn certs_example_certificates_chain_to_the_example_ca_and_carry_no_key() {
         );
     }
 }
+
+#[test]
+fn init_starts_a_mesh_that_add_peer_and_check_accept() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("peers");
+    let secret = tmp.path().join("mesh.secret");
+    let out = meshctl(&[
+        "init",
+        "--mesh-id",
+        "acme",
+        "--auth",
+        "psk",
+        "--manifest",
+        s(&dir),
+        "--secret",
+        s(&secret),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("copy"), "{}", stdout(&out));
+    let mode = fs::metadata(&secret).expect("secret").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "mesh secret mode");
+    for (name, ep) in [("web1", "10.0.0.1:7443"), ("db1", "10.0.0.2:7443")] {
+        let key = tmp.path().join(format!("{name}.key"));
+        let o = add_peer(&dir, &key, name, ep);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = meshctl(&["check", "--manifest", s(&dir)]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // The commented limits are the defaults, and valid once uncommented.
+    let text = fs::read_to_string(dir.join("mesh.toml")).expect("mesh.toml");
+    assert!(text.contains("mesh_id = \"acme\"") && text.contains("auth = \"psk\""));
+    let (head, limits) = text.split_once("# [limits]").expect("a limits section");
+    let uncommented: String = limits
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(v) if v.contains(" = ") => format!("{v}\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    fs::write(
+        dir.join("mesh.toml"),
+        format!("{head}[limits]{uncommented}"),
+    )
+    .expect("write");
+    let o = meshctl(&["check", "--manifest", s(&dir)]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Never over an existing mesh or secret; nothing changes.
+    let again = meshctl(&["init", "--mesh-id", "other", "--manifest", s(&dir)]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let other = tmp.path().join("other");
+    let o = meshctl(&[
+        "init",
+        "--mesh-id",
+        "x",
+        "--auth",
+        "psk",
+        "--manifest",
+        s(&other),
+        "--secret",
+        s(&secret),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!other.exists(), "a refused init created its directory");
+    let bad = meshctl(&["init", "--mesh-id", "no spaces", "--manifest", s(&other)]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--mesh-id"));
+
+    // add-peer into a missing directory points at init.
+    let o = add_peer(
+        &tmp.path().join("missing"),
+        &tmp.path().join("k"),
+        "x",
+        "10.0.0.3:7443",
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("meshctl init"));
+}

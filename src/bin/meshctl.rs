@@ -1,5 +1,6 @@
-//! `meshctl`: onboards a server (`add-peer`), checks a manifest as a CI step (`check`),
-//! prints pair fingerprints for out-of-band verification (`pair`), drafts a manifest from
+//! `meshctl`: starts a mesh (`init`), onboards a server (`add-peer`), checks a manifest
+//! as a CI step (`check`), prints pair fingerprints for out-of-band verification (`pair`),
+//! drafts a manifest from
 //! stunnel configurations (`import-stunnel`), shows a running daemon's links (`status`)
 //! and makes a private CA and peer certificates for `tls` links (`cert`).
 //!
@@ -37,6 +38,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a new mesh: write DIR/mesh.toml (documented; commit it), and for psk the mesh
+    /// secret file every host must hold.
+    Init {
+        /// The mesh id: salts every pair key and is bound into every handshake
+        /// (1-64 characters from A-Z, a-z, 0-9, '.', '_' and '-').
+        #[arg(long, value_name = "ID")]
+        mesh_id: String,
+        /// How links authenticate.
+        #[arg(long, value_enum, default_value_t = InitAuth::Noise)]
+        auth: InitAuth,
+        /// The manifest directory to create (or an empty one to fill).
+        #[arg(long, value_name = "DIR", default_value = "peers")]
+        manifest: PathBuf,
+        /// psk only: the mesh secret file to create (0600, never overwritten, never commit
+        /// it).
+        #[arg(long, value_name = "FILE", default_value = "/etc/meshd/mesh.secret")]
+        secret: PathBuf,
+    },
     /// Onboard this server: create its key file (if absent) and write DIR/NAME.toml to commit.
     AddPeer {
         /// The new peer's name (a-z, 0-9, '-').
@@ -111,6 +130,27 @@ enum Command {
     },
 }
 
+/// The `auth` of a new mesh.
+#[derive(Clone, Copy, ValueEnum)]
+enum InitAuth {
+    /// Each peer is identified by its X25519 public key in the manifest.
+    Noise,
+    /// Noise with every pair key also derived from a mesh secret all hosts hold.
+    Psk,
+    /// TLS 1.3 with certificates of the mesh's own CA (`meshctl cert`).
+    Tls,
+}
+
+impl InitAuth {
+    fn as_str(self) -> &'static str {
+        match self {
+            InitAuth::Noise => "noise",
+            InitAuth::Psk => "psk",
+            InitAuth::Tls => "tls",
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Text,
@@ -120,6 +160,12 @@ enum Format {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Init {
+            mesh_id,
+            auth,
+            manifest,
+            secret,
+        } => init(&mesh_id, auth, &manifest, &secret),
         Command::AddPeer {
             name,
             endpoints,
@@ -173,7 +219,9 @@ fn add_peer(
     }
     if !manifest.is_dir() {
         bail!(
-            "{}: manifest directory does not exist (use --manifest DIR)",
+            "{}: manifest directory does not exist (use --manifest DIR, or start a new mesh \
+             with `meshctl init --mesh-id ID --manifest {}`)",
+            manifest.display(),
             manifest.display()
         );
     }
@@ -227,6 +275,149 @@ fn add_peer(
          (services.NAME.allow in that peer's file)"
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn init(mesh_id: &str, auth: InitAuth, manifest: &Path, secret: &Path) -> anyhow::Result<ExitCode> {
+    // Every check before anything is written.
+    let id_ok = (1..=64).contains(&mesh_id.len())
+        && mesh_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !id_ok {
+        bail!("--mesh-id {mesh_id:?}: use 1-64 characters from A-Z, a-z, 0-9, '.', '_' and '-'");
+    }
+    let mesh_file = manifest.join("mesh.toml");
+    if manifest.exists() {
+        if !manifest.is_dir() {
+            bail!("{}: exists and is not a directory", manifest.display());
+        }
+        if mesh_file.exists() {
+            bail!(
+                "{}: already exists; this directory already holds a mesh (nothing changed)",
+                mesh_file.display()
+            );
+        }
+        let mut entries = fs::read_dir(manifest)
+            .with_context(|| format!("cannot read {}", manifest.display()))?;
+        if entries.next().is_some() {
+            bail!(
+                "{}: not empty; init writes a new manifest into an empty or missing directory",
+                manifest.display()
+            );
+        }
+    }
+    if matches!(auth, InitAuth::Psk) && secret.exists() {
+        bail!(
+            "{}: already exists; it is never overwritten (another mesh may use it). Pick \
+             another --secret FILE, or remove it if it is yours and unused",
+            secret.display()
+        );
+    }
+    fs::create_dir_all(manifest)
+        .with_context(|| format!("cannot create {}", manifest.display()))?;
+    if matches!(auth, InitAuth::Psk) {
+        keys::create_mesh_secret_file(secret)?;
+    }
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&mesh_file)
+        .with_context(|| format!("cannot create {}", mesh_file.display()))?;
+    out.write_all(mesh_file_text(mesh_id, auth).as_bytes())
+        .with_context(|| format!("cannot write {}", mesh_file.display()))?;
+
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "wrote {}", mesh_file.display())?;
+    if matches!(auth, InitAuth::Psk) {
+        writeln!(
+            stdout,
+            "created mesh secret {} (mode 0600, 32 random bytes; never commit it)",
+            secret.display()
+        )?;
+    }
+    writeln!(stdout)?;
+    writeln!(stdout, "next steps:")?;
+    let mut step = 1;
+    if matches!(auth, InitAuth::Psk) {
+        writeln!(
+            stdout,
+            "  {step}. copy {} to every host of the mesh out of band (scp, your secret \
+             store; not git), mode 0600 owned by meshd, and name it in each host's \
+             meshd.toml: mesh_secret = \"{}\"",
+            secret.display(),
+            secret.display()
+        )?;
+        step += 1;
+    }
+    if matches!(auth, InitAuth::Tls) {
+        writeln!(
+            stdout,
+            "  {step}. make the mesh CA and a certificate per host: `meshctl cert new-ca \
+             --out-dir DIR`, then `meshctl cert issue NAME --ca-dir DIR` (see `meshctl cert --help`)"
+        )?;
+        step += 1;
+    }
+    writeln!(
+        stdout,
+        "  {step}. on each host: `meshctl add-peer NAME --endpoint HOST:PORT --manifest {}`",
+        manifest.display()
+    )?;
+    writeln!(
+        stdout,
+        "  {}. `meshctl check --manifest {}`, then commit the directory and push it",
+        step + 1,
+        manifest.display()
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A new mesh's `mesh.toml`: the two settings it needs, and every limit commented out at
+/// its default, so that an edit is a visible, reviewable change.
+fn mesh_file_text(mesh_id: &str, auth: InitAuth) -> String {
+    let d = config::Limits::default();
+    format!(
+        "# Mesh-wide settings, written by `meshctl init`. Everything in this directory is \
+         public:\n\
+         # names, addresses and public keys only; each peer has its own file, NAME.toml \
+         (`meshctl add-peer`).\n\
+         \n\
+         # Salts every pair key and is bound into every handshake, so two meshes never share \
+         keys.\n\
+         mesh_id = \"{mesh_id}\"\n\
+         \n\
+         # How links authenticate: \"noise\" (each peer is identified by its public key), \"psk\" \
+         (noise,\n\
+         # plus every pair key derived from the mesh_secret file each host holds) or \"tls\" \
+         (TLS 1.3\n\
+         # with certificates of the mesh CA, made with `meshctl cert`; ca_fingerprint may pin \
+         it).\n\
+         # A [[pairs]] table sets another mode for one pair:\n\
+         #   [[pairs]]\n\
+         #   peers = [\"off1\", \"web1\"]\n\
+         #   auth = \"tls\"\n\
+         auth = \"{auth}\"\n\
+         \n\
+         # Link limits and timers, all optional; uncomment to change. The values shown are the \
+         defaults.\n\
+         # [limits]\n\
+         # Initial per-stream receive window in bytes.\n\
+         # stream_window = {window}\n\
+         # Streams open at once on one link.\n\
+         # max_streams = {streams}\n\
+         # Interval between keepalive pings, in milliseconds.\n\
+         # ping_interval_ms = {ping}\n\
+         # Deadline for a whole handshake, in milliseconds.\n\
+         # handshake_timeout_ms = {hs}\n\
+         # How long a new local connection waits for its link before it is reset, in \
+         milliseconds.\n\
+         # link_wait_ms = {wait}\n",
+        auth = auth.as_str(),
+        window = d.stream_window,
+        streams = d.max_streams,
+        ping = d.ping_interval.as_millis(),
+        hs = d.handshake_timeout.as_millis(),
+        wait = d.link_wait.as_millis(),
+    )
 }
 
 /// The public key of this host's key file, creating the file if absent. An existing key file
