@@ -1,8 +1,7 @@
 //! `meshctl`: starts a mesh (`init`), onboards a server (`add-peer`), checks a manifest
 //! as a CI step (`check`), prints pair fingerprints for out-of-band verification (`pair`),
-//! drafts a manifest from
-//! stunnel configurations (`import-stunnel`), shows a running daemon's links (`status`)
-//! and makes a private CA and peer certificates for `tls` links (`cert`).
+//! drafts a manifest from stunnel configurations (`import-stunnel`), shows a running
+//! daemon's links (`status`) and makes a private CA and peer certificates for `tls` links (`cert`).
 //!
 //! Exit codes: 0 success, 1 failure (including an invalid manifest, or a link down for
 //! `status`), 64 (EX_USAGE) when the manifest directory or the stunnel input cannot be used
