@@ -7,6 +7,8 @@ pub mod frame;
 pub mod handshake;
 pub mod mux;
 pub mod tls_record;
+#[cfg(test)]
+mod vectors;
 
 /// A table keyed by stream id, looked up for every frame: foldhash, seeded per process.
 pub type StreamMap<V> = std::collections::HashMap<frame::StreamId, V, foldhash::fast::RandomState>;

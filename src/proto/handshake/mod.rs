@@ -204,8 +204,21 @@ impl fmt::Debug for PairParams<'_> {
     }
 }
 
+/// A fixed ephemeral private key for a handshake: `None` on every real link. Only test and
+/// fuzz builds set one (`pinned-ephemerals`), so that a handshake's bytes are reproducible
+/// (the golden vectors in `tests/vectors/`).
+type Ephemeral<'e> = Option<&'e [u8; 32]>;
+
+fn pin<'b>(builder: snow::Builder<'b>, ephemeral: Ephemeral<'b>) -> snow::Builder<'b> {
+    match ephemeral {
+        Some(e) => builder.fixed_ephemeral_key_for_testing_only(e),
+        None => builder,
+    }
+}
+
 impl PairParams<'_> {
-    fn prologue(&self) -> Vec<u8> {
+    /// The Noise prologue of this pair (docs/PROTOCOL.md §3.1).
+    pub(crate) fn prologue(&self) -> Vec<u8> {
         let mut p = Vec::with_capacity(64);
         p.extend_from_slice(b"meshd prologue");
         p.push(VERSION);
@@ -221,13 +234,18 @@ impl PairParams<'_> {
         p
     }
 
-    fn builder_state(&self, initiator: bool) -> Result<snow::HandshakeState, HandshakeError> {
+    /// `ephemeral` is `None` on every real link; see [`Ephemeral`].
+    fn builder_state(
+        &self,
+        initiator: bool,
+        ephemeral: Ephemeral<'_>,
+    ) -> Result<snow::HandshakeState, HandshakeError> {
         let local = |e: snow::Error| HandshakeError::Local(e.to_string());
         let prologue = self.prologue();
         let state = match self.mode {
             AuthMode::Noise => {
                 let params = NOISE_IK.parse().map_err(local)?;
-                let b = snow::Builder::new(params)
+                let b = pin(snow::Builder::new(params), ephemeral)
                     .local_private_key(self.local_key.as_bytes())
                     .map_err(local)?
                     .psk(2, self.psk.as_bytes())
@@ -244,7 +262,7 @@ impl PairParams<'_> {
             }
             AuthMode::Psk => {
                 let params = NOISE_NN.parse().map_err(local)?;
-                let b = snow::Builder::new(params)
+                let b = pin(snow::Builder::new(params), ephemeral)
                     .psk(0, self.psk.as_bytes())
                     .map_err(local)?
                     .prologue(&prologue)
@@ -283,7 +301,27 @@ pub fn initiate(
     params: &PairParams<'_>,
     timestamp: u64,
 ) -> Result<(Initiator, Vec<u8>), HandshakeError> {
-    let mut state = params.builder_state(true)?;
+    initiate_with(params, timestamp, None)
+}
+
+/// TEST AND FUZZ BUILDS ONLY: [`initiate`] with a fixed ephemeral private key, which makes
+/// the handshake's bytes reproducible and its secrecy void.
+#[cfg(any(test, feature = "pinned-ephemerals"))]
+#[doc(hidden)]
+pub fn initiate_pinned_for_testing_only(
+    params: &PairParams<'_>,
+    timestamp: u64,
+    ephemeral: &[u8; 32],
+) -> Result<(Initiator, Vec<u8>), HandshakeError> {
+    initiate_with(params, timestamp, Some(ephemeral))
+}
+
+fn initiate_with(
+    params: &PairParams<'_>,
+    timestamp: u64,
+    ephemeral: Ephemeral<'_>,
+) -> Result<(Initiator, Vec<u8>), HandshakeError> {
+    let mut state = params.builder_state(true, ephemeral)?;
     let mut msg = [0u8; MAX_HANDSHAKE_MSG];
     let n = state
         .write_message(&timestamp.to_be_bytes(), &mut msg)
@@ -332,7 +370,27 @@ impl fmt::Debug for Responder {
 /// from the preamble and `params.remote_key` its manifest key: in `noise` mode the static
 /// key inside msg1 must equal it.
 pub fn respond(params: &PairParams<'_>, msg1: &[u8]) -> Result<Responder, HandshakeError> {
-    let mut state = params.builder_state(false)?;
+    respond_with(params, msg1, None)
+}
+
+/// TEST AND FUZZ BUILDS ONLY: [`respond`] with a fixed ephemeral private key (used for
+/// msg2), which makes the handshake's bytes reproducible and its secrecy void.
+#[cfg(any(test, feature = "pinned-ephemerals"))]
+#[doc(hidden)]
+pub fn respond_pinned_for_testing_only(
+    params: &PairParams<'_>,
+    msg1: &[u8],
+    ephemeral: &[u8; 32],
+) -> Result<Responder, HandshakeError> {
+    respond_with(params, msg1, Some(ephemeral))
+}
+
+fn respond_with(
+    params: &PairParams<'_>,
+    msg1: &[u8],
+    ephemeral: Ephemeral<'_>,
+) -> Result<Responder, HandshakeError> {
+    let mut state = params.builder_state(false, ephemeral)?;
     let mut payload = [0u8; MAX_HANDSHAKE_MSG];
     let n = state
         .read_message(msg1, &mut payload)
