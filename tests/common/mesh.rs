@@ -169,6 +169,8 @@ pub struct TestMeshBuilder {
     forwards: Vec<(String, ForwardSpec)>,
     overrides: Vec<(String, Override)>,
     drain_grace: BTreeMap<String, u64>,
+    endpoint_ips: BTreeMap<String, IpAddr>,
+    netns: BTreeMap<String, String>,
 }
 
 impl TestMeshBuilder {
@@ -253,6 +255,21 @@ impl TestMeshBuilder {
         self
     }
 
+    /// `peer`'s endpoint (and mesh listen address) on `ip` instead of 127.0.0.1.
+    pub fn endpoint_ip(mut self, peer: &str, ip: IpAddr) -> Self {
+        self = self.peer(peer);
+        self.endpoint_ips.insert(peer.to_owned(), ip);
+        self
+    }
+
+    /// Runs `peer`'s daemon inside network namespace `ns` (`ip netns exec NS meshd …`);
+    /// its admin and forward addresses are then that namespace's.
+    pub fn netns(mut self, peer: &str, ns: &str) -> Self {
+        self = self.peer(peer);
+        self.netns.insert(peer.to_owned(), ns.to_owned());
+        self
+    }
+
     /// Gives `host` its own copy of the manifest (`TMP/HOST/peers`), edited by `edit`,
     /// for a daemon that must see a different manifest than its peers do.
     pub fn manifest_override(
@@ -284,7 +301,12 @@ impl TestMeshBuilder {
             fs::create_dir_all(host_dir.join("state")).expect("create host dir");
             let key = host_dir.join("host.key");
             let public = meshd::keys::create_private_key_file(&key).expect("create key file");
-            let endpoint = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), super::free_port());
+            let ip = self
+                .endpoint_ips
+                .get(name)
+                .copied()
+                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            let endpoint = SocketAddr::new(ip, super::free_port());
             let admin = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), super::free_port());
             spec.peers.insert(
                 name.clone(),
@@ -313,6 +335,7 @@ impl TestMeshBuilder {
                         .get(name)
                         .copied()
                         .unwrap_or(TEST_DRAIN_GRACE_MS),
+                    netns: self.netns.get(name).cloned(),
                 },
             );
         }
@@ -381,6 +404,8 @@ struct Host {
     log_offset: u64,
     child: Option<Child>,
     drain_grace_ms: u64,
+    /// The network namespace the daemon runs in, if not the test's own.
+    netns: Option<String>,
 }
 
 /// A mesh of real `meshd` processes in a temporary directory; kills its daemons on drop
@@ -446,6 +471,8 @@ impl TestMesh {
             forwards: Vec::new(),
             overrides: Vec::new(),
             drain_grace: BTreeMap::new(),
+            endpoint_ips: BTreeMap::new(),
+            netns: BTreeMap::new(),
         }
     }
 
@@ -568,7 +595,16 @@ impl TestMesh {
             .append(true)
             .open(self.log_path(name))
             .expect("open daemon log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshd"));
+        let meshd = env!("CARGO_BIN_EXE_meshd");
+        // `ip netns exec` execs meshd in place, so the child's PID is the daemon's.
+        let mut cmd = match &self.host(name).netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, meshd]);
+                c
+            }
+            None => Command::new(meshd),
+        };
         cmd.arg("--config")
             .arg(self.host_config_path(name))
             .env("RUST_LOG", RUST_LOG)

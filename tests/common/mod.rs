@@ -1,13 +1,16 @@
 //! Helpers shared by the integration tests: free ports, bounded waits, real redis and
 //! PostgreSQL servers, small TCP servers with known behaviour, pseudo-random payloads, and
-//! `TestMesh`, which writes a manifest plus host configs and runs real `meshd` processes.
+//! `TestMesh`, which writes a manifest plus host configs and runs real `meshd` processes;
+//! network namespaces and SHA-checked streams for the fault tests.
 //!
 //! Each test binary uses a subset of these helpers, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod checked;
 pub mod client;
 pub mod data;
 pub mod mesh;
+pub mod netns;
 pub mod pg;
 pub mod ports;
 pub mod redis;
