@@ -28,10 +28,13 @@ impl BackoffConfig {
 }
 
 impl Default for BackoffConfig {
+    /// A peer that is back (restarted, rebooted, reachable again) must be relinked within
+    /// 2 s however long it was gone, so the delay stops growing at 1 s: a redial per
+    /// second to a dead peer costs one SYN, a longer ceiling costs an outage that long.
     fn default() -> Self {
         Self {
             min: Duration::from_millis(100),
-            max: Duration::from_secs(30),
+            max: Duration::from_secs(1),
             healthy: Duration::from_secs(30),
         }
     }
@@ -127,6 +130,18 @@ mod tests {
         assert_eq!(b.next_with(1.0), Duration::from_secs(2));
         b.link_ended(Duration::from_secs(31));
         assert_eq!(b.next_with(1.0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn the_default_redials_at_least_every_second() {
+        let mut b = Backoff::new(BackoffConfig::default());
+        for _ in 0..1000 {
+            assert!(b.next_delay() <= Duration::from_secs(1));
+        }
+        assert!(
+            b.next_with(0.0) >= Duration::from_millis(500),
+            "still jittered"
+        );
     }
 
     #[test]
