@@ -1,7 +1,7 @@
 //! The accepting side: the mesh listener. Every connection must finish its handshake
-//! within the deadline, under a global cap on pending handshakes; garbage is refused at
-//! the first bytes. An authenticated link runs its driver with this host's exits; a new
-//! link from a peer supersedes (closes) the older one.
+//! within the deadline, under a global cap on pending handshakes (at the cap the oldest
+//! one makes room); garbage is refused at the first bytes. An authenticated link runs its
+//! driver with this host's exits; a new link from a peer supersedes (closes) the older one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,12 +10,13 @@ use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::dial::read_exact;
 use super::driver::{Direction, Driver, Exits, CMD_CAPACITY};
+use super::pending::PendingHandshakes;
 use super::ratelimit::{SourceLimiter, Verdict};
 use super::transport::{self, Transport};
 use super::{LinkError, ReplayStore};
@@ -166,7 +167,7 @@ pub async fn serve_mesh(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    let pending = Arc::new(Semaphore::new(ctx.policy().limits.max_pending_handshakes));
+    let pending = PendingHandshakes::new(ctx.policy().limits.max_pending_handshakes);
     let mut rate = ctx.policy().limits.handshake_rate_per_source;
     let mut limiter = SourceLimiter::new(rate, std::time::Instant::now());
     loop {
@@ -203,20 +204,21 @@ pub async fn serve_mesh(
             drop(socket);
             continue;
         }
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            metrics.handshake_rejected(&LinkError::Handshake(HandshakeError::Overloaded));
-            tracing::warn!(%remote, reason = "overloaded", "handshake rejected: {}", HandshakeError::Overloaded);
-            continue;
-        };
+        // At the cap this evicts the oldest pending handshake (see `pending`).
+        let slot = pending.admit();
         let ctx2 = ctx.clone();
         let cancel2 = cancel.clone();
         let metrics = metrics.clone();
         ctx.tracker.spawn(async move {
             let accepted = tokio::select! {
                 _ = cancel2.cancelled() => return,
+                _ = slot.evicted().cancelled() => {
+                    log_rejection(remote, &LinkError::Handshake(HandshakeError::Overloaded), &metrics);
+                    return;
+                }
                 r = tokio::time::timeout(ctx2.policy().limits.handshake_timeout, accept_handshake(&ctx2, socket)) => r,
             };
-            drop(permit);
+            drop(slot);
             match accepted {
                 Ok(Ok(link)) => run_inbound(ctx2, link, remote, metrics, cancel2).await,
                 Ok(Err(e)) => log_rejection(remote, &e, &metrics),

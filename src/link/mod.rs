@@ -20,6 +20,7 @@ mod accept;
 mod backoff;
 mod dial;
 mod driver;
+mod pending;
 mod ratelimit;
 pub mod replay;
 mod stream;

@@ -77,7 +77,8 @@ pub enum HandshakeError {
     /// The connection closed before the handshake finished.
     #[error("connection closed during handshake")]
     Truncated,
-    /// Too many handshakes in progress (global cap).
+    /// Too many handshakes in progress (global cap): this one, the oldest, made room
+    /// for a newer connection.
     #[error("too many pending handshakes")]
     Overloaded,
     /// Too many new connections from one source (per-source rate limit).
