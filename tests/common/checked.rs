@@ -69,11 +69,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// An error: allowed under faults, as long as it is not a clean end.
-    pub fn is_error(&self) -> bool {
-        matches!(self, Outcome::Error { .. })
-    }
-
     /// A clean end that lost data.
     pub fn is_silent_truncation(&self) -> bool {
         matches!(self, Outcome::Truncated { .. } | Outcome::NoVerdict { .. })

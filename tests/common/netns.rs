@@ -110,13 +110,6 @@ impl Netns {
         run(Command::new("ip").arg("-n").arg(&self.name).args(args))
     }
 
-    /// `ip netns exec NAME ARGS…`.
-    pub fn exec(&self, args: &[&str]) -> String {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args))
-    }
-
     /// Loads `ruleset` (nft syntax) into this namespace's nftables.
     pub fn nft(&self, ruleset: &str) {
         use std::io::Write;
