@@ -76,18 +76,19 @@ pub async fn serve_forward(
 }
 
 /// Opens a stream on the link in `link`, waiting up to `link_wait` for a link to be up. A
-/// link that is going away (its peer drains) is skipped: the stream waits for the next one.
+/// link that is going away (its peer drains) or that died between being published and the
+/// open is skipped: the stream waits for the next one, within the same `link_wait`.
 async fn open_within(
     link: &mut watch::Receiver<Option<LinkHandle>>,
     service: &ServiceName,
     link_wait: Duration,
 ) -> Result<Stream, OpenFailure> {
     let deadline = tokio::time::Instant::now() + link_wait;
-    let mut going_away: Option<LinkHandle> = None;
+    let mut skipped: Option<(LinkHandle, OpenFailure)> = None;
     loop {
         let usable = |h: &Option<LinkHandle>| {
             h.as_ref().is_some_and(|h| {
-                !h.is_closed() && !going_away.as_ref().is_some_and(|g| g.same_link(h))
+                !h.is_closed() && !skipped.as_ref().is_some_and(|(s, _)| s.same_link(h))
             })
         };
         let handle = match tokio::time::timeout_at(deadline, link.wait_for(usable)).await {
@@ -95,13 +96,12 @@ async fn open_within(
             Ok(Err(_)) | Err(_) => None,
         };
         let Some(handle) = handle else {
-            return Err(match going_away {
-                Some(_) => OpenFailure::GoingAway,
-                None => OpenFailure::LinkDown,
-            });
+            return Err(skipped.map_or(OpenFailure::LinkDown, |(_, why)| why));
         };
         match handle.open(service).await {
-            Err(OpenFailure::GoingAway) => going_away = Some(handle),
+            Err(why @ (OpenFailure::GoingAway | OpenFailure::LinkDown)) => {
+                skipped = Some((handle, why));
+            }
             other => return other,
         }
     }
