@@ -264,7 +264,9 @@ impl Driver {
         // watcher ends when the command channel closes below.
         tokio::spawn(watch_tokens(cancel, drain, self.cmds_tx.clone()));
         let mut err = self.serve(&mut socket, &mut cmds).await;
-        if self.peer_went_away && matches!(err, LinkError::Closed) {
+        // After its GOAWAY the peer's close is orderly, even as a reset: a peer that closes
+        // with our last PING or WINDOW unread in its socket makes its kernel send RST.
+        if self.peer_went_away && matches!(err, LinkError::Closed | LinkError::Io(_)) {
             err = LinkError::PeerWentAway;
         }
         for (_, slot) in self.mux.drain_slots() {
