@@ -221,11 +221,11 @@ async fn idle_stream(forward: SocketAddr) -> TcpStream {
     s
 }
 
-/// How the client's stream ended and when, watched for up to `timeout`.
-async fn end_of(s: &mut TcpStream, timeout: Duration) -> (Closed, Duration) {
-    let started = Instant::now();
+/// How the client's stream ended, watched for up to `timeout`, and when: measured from
+/// `since` (taken before the signal was sent, so the daemon's grace starts after it).
+async fn end_of(s: &mut TcpStream, since: Instant, timeout: Duration) -> (Closed, Duration) {
     let closed = common::client::expect_closed(s, timeout, "the idle stream").await;
-    (closed, started.elapsed())
+    (closed, since.elapsed())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,9 +233,10 @@ async fn a_stream_that_outlives_the_grace_is_reset_and_meshd_exits_0() {
     for draining in ["a", "b"] {
         let (mut mesh, _echo) = echo_mesh(draining, SHORT_GRACE_MS).await;
         let mut s = idle_stream(mesh.forward_addr("b", "a/echo")).await;
+        let signalled = Instant::now();
         mesh.signal(draining, "TERM");
-        let (closed, after) =
-            end_of(&mut s, Duration::from_millis(SHORT_GRACE_MS) + AFTER_GRACE).await;
+        let grace = Duration::from_millis(SHORT_GRACE_MS);
+        let (closed, after) = end_of(&mut s, signalled, grace + AFTER_GRACE).await;
         assert!(
             matches!(closed, Closed::Error(io::ErrorKind::ConnectionReset)),
             "the stream past {draining}'s grace ended with {closed:?}, not a reset"
@@ -260,8 +261,9 @@ async fn a_second_sigterm_resets_open_streams_at_once() {
     mesh.signal("b", "TERM");
     mesh.wait_for_log_line("b", &["draining: no new connections"], LINK_UP)
         .await;
+    let again = Instant::now();
     mesh.signal("b", "TERM");
-    let (closed, after) = end_of(&mut s, AFTER_GRACE).await;
+    let (closed, after) = end_of(&mut s, again, AFTER_GRACE).await;
     assert!(
         matches!(closed, Closed::Error(io::ErrorKind::ConnectionReset)),
         "after a second SIGTERM the stream ended with {closed:?}, not a reset"
