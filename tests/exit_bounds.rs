@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use meshd::proto::frame::{Frame, OpenError, ResetCode};
 use meshd::tls::certgen::{self, Validity};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
 
 use common::mesh::TestMesh;
 use common::rogue::{read_mux_record, send_tls_preamble, tls_link_up, write_frames, write_records};
@@ -91,10 +92,21 @@ fn connects_in_flight(port: u16) -> usize {
         .len()
 }
 
-/// c's certificate, issued by the mesh's CA.
-fn rogue_cert(mesh: &TestMesh) -> certgen::Issued {
+/// Starts a and brings up c's authenticated link to it, with a certificate of the mesh's
+/// CA; `rcvbuf` sets c's socket receive buffer (`SO_RCVBUF`) before it connects.
+async fn link_up_as_c(mesh: &mut TestMesh, rcvbuf: Option<u32>) -> TlsStream<TcpStream> {
+    mesh.start("a");
+    mesh.wait_for_log_line("a", &["meshd ready"], LINK_UP).await;
+    let socket = TcpSocket::new_v4().expect("socket");
+    if let Some(size) = rcvbuf {
+        socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+    }
+    let mut tcp = socket.connect(mesh.mesh_addr("a")).await.expect("connect");
     let ca = mesh.ca();
-    certgen::issue(&ca.cert_pem, &ca.key_pem, "c", Validity::days_from_now(2)).expect("issue c")
+    let cert = certgen::issue(&ca.cert_pem, &ca.key_pem, "c", Validity::days_from_now(2))
+        .expect("issue c");
+    send_tls_preamble(&mut tcp, "c").await;
+    tls_link_up(tcp, "a", &ca.cert_pem, &cert).await
 }
 
 fn refusal_lines(mesh: &TestMesh) -> usize {
@@ -114,15 +126,7 @@ async fn open_and_reset_floods_never_connect_more_targets_than_max_streams() {
         .peer("c")
         .service("a", "slow", target_addr, &["c"])
         .build();
-    mesh.start("a");
-    mesh.wait_for_log_line("a", &["meshd ready"], LINK_UP).await;
-    let ca_pem = mesh.ca().cert_pem.clone();
-    let cert = rogue_cert(&mesh);
-    let mut tcp = TcpStream::connect(mesh.mesh_addr("a"))
-        .await
-        .expect("connect");
-    send_tls_preamble(&mut tcp, "c").await;
-    let tls = tls_link_up(tcp, "a", &ca_pem, &cert).await;
+    let tls = link_up_as_c(&mut mesh, None).await;
     let (mut rd, mut wr) = tokio::io::split(tls);
 
     // Everything a answers is read and counted, so the refusals never back up.
@@ -225,17 +229,7 @@ async fn a_peer_that_never_reads_its_refusals_is_cut() {
         .peer("c")
         .service("a", "echo", echo.addr(), &["c"])
         .build();
-    mesh.start("a");
-    mesh.wait_for_log_line("a", &["meshd ready"], LINK_UP).await;
-    let ca_pem = mesh.ca().cert_pem.clone();
-    let cert = rogue_cert(&mesh);
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket
-        .set_recv_buffer_size(ROGUE_RCVBUF)
-        .expect("SO_RCVBUF");
-    let mut tcp = socket.connect(mesh.mesh_addr("a")).await.expect("connect");
-    send_tls_preamble(&mut tcp, "c").await;
-    let mut tls = tls_link_up(tcp, "a", &ca_pem, &cert).await;
+    let mut tls = link_up_as_c(&mut mesh, Some(ROGUE_RCVBUF)).await;
     let rss_before = mesh.rss_kib("a");
 
     // OPENs of a service a does not have, each answered with an OPEN_ERR that c never reads.
@@ -351,15 +345,7 @@ async fn one_byte_records_to_a_stalled_target_hold_at_most_twice_the_window() {
         .peer("c")
         .service("a", "stalled", target_addr, &["c"])
         .build();
-    mesh.start("a");
-    mesh.wait_for_log_line("a", &["meshd ready"], LINK_UP).await;
-    let ca_pem = mesh.ca().cert_pem.clone();
-    let cert = rogue_cert(&mesh);
-    let mut tcp = TcpStream::connect(mesh.mesh_addr("a"))
-        .await
-        .expect("connect");
-    send_tls_preamble(&mut tcp, "c").await;
-    let tls = tls_link_up(tcp, "a", &ca_pem, &cert).await;
+    let tls = link_up_as_c(&mut mesh, None).await;
     let (mut rd, mut wr) = tokio::io::split(tls);
     let (pongs_tx, mut pongs) = tokio::sync::mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {

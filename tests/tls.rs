@@ -22,7 +22,7 @@ use common::client::expect_rejected;
 use common::data::{send_random, XorShift};
 use common::mesh::TestMesh;
 use common::redis::{RedisServer, Resp};
-use common::rogue::{read_mux_record, tls13_client_config, tls_preamble_sent};
+use common::rogue::{read_mux_record, tls13_client_config, tls_link_up, tls_preamble_sent};
 use common::servers::{CountingServer, EchoServer, SinkServer};
 use common::{metrics_text, sample};
 
@@ -1060,24 +1060,13 @@ async fn an_older_dialer_gets_standard_records_and_a_byte_exact_stream() {
     let ca = mesh.ca();
     let c_cert = certgen::issue(&ca.cert_pem, &ca.key_pem, "c", Validity::days_from_now(2))
         .expect("issue c");
-    let config = tls13_client_config(&ca.cert_pem, &c_cert);
-    assert!(config.alpn_protocols.is_empty());
+    assert!(tls13_client_config(&ca.cert_pem, &c_cert)
+        .alpn_protocols
+        .is_empty());
     let tcp = tls_preamble_sent(mesh.mesh_addr("a"), "c").await;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let mut tls = connector
-        .connect(ServerName::try_from("a").expect("name"), tcp)
-        .await
-        .expect("the older dialer's handshake");
+    // The handshake, then the acceptor's confirmation (a PING), as a meshd dialer waits.
+    let mut tls = tls_link_up(tcp, "a", &ca.cert_pem, &c_cert).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), None);
-    // As a meshd dialer does, wait for the acceptor's confirmation (a PING) before sending:
-    // rustls on the acceptor cannot hand back a record it read along with the handshake.
-    let mut confirmed = false;
-    read_mux_record(&mut tls, |frame| {
-        confirmed = matches!(frame, Frame::Ping { .. });
-    })
-    .await
-    .expect("the acceptor's confirmation");
-    assert!(confirmed, "the acceptor's first record is not its PING");
 
     // Under one stream window each way, so no WINDOW frame is needed.
     let sent = XorShift::new(11).bytes(200 * 1024);
