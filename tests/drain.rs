@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::client::{echo_exact, expect_rejected, Closed};
-use common::data::{hex, XorShift};
+use common::data::{hex, RandomStream};
 use common::mesh::TestMesh;
 use common::servers::EchoServer;
 use common::{metrics_text, sample};
@@ -52,21 +52,21 @@ async fn echo_mesh(draining: &str, grace_ms: u64) -> (TestMesh, EchoServer) {
     (mesh, echo)
 }
 
-/// Writes `len` bytes of the stream of `seed` from `from` on, without finishing.
-async fn write_part(
+/// Writes the next pieces of `source` until `upto` bytes of it went out in all (or it
+/// ends), without finishing.
+async fn write_until(
     w: &mut (impl AsyncWriteExt + Unpin),
-    rng: &mut XorShift,
-    ctx: &mut ring::digest::Context,
-    len: u64,
+    source: &mut RandomStream,
+    written: &mut u64,
+    upto: u64,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        rng.fill(&mut buf[..n]);
-        ctx.update(&buf[..n]);
-        w.write_all(&buf[..n]).await?;
-        left -= n as u64;
+    while *written < upto {
+        let piece = source.next_piece();
+        if piece.is_empty() {
+            break;
+        }
+        w.write_all(piece).await?;
+        *written += piece.len() as u64;
     }
     Ok(())
 }
@@ -93,9 +93,9 @@ async fn a_stream_survives_the_drain_of(draining: &str) {
     let client = TcpStream::connect(forward).await.expect("connect forward");
     let (rd, mut wr) = client.into_split();
     let reader = tokio::spawn(read_all(rd));
-    let mut rng = XorShift::new(7);
-    let mut sent = ring::digest::Context::new(&ring::digest::SHA256);
-    write_part(&mut wr, &mut rng, &mut sent, BEFORE_SIGNAL)
+    let mut source = RandomStream::new(7, STREAM);
+    let mut written = 0;
+    write_until(&mut wr, &mut source, &mut written, BEFORE_SIGNAL)
         .await
         .expect("the first part of the stream");
 
@@ -133,11 +133,11 @@ async fn a_stream_survives_the_drain_of(draining: &str) {
         "meshd_draining while draining"
     );
 
-    write_part(&mut wr, &mut rng, &mut sent, STREAM - BEFORE_SIGNAL)
+    write_until(&mut wr, &mut source, &mut written, STREAM)
         .await
         .expect("the rest of the stream, during the drain");
     wr.shutdown().await.expect("finish the upload");
-    let sent = hex(sent.finish().as_ref());
+    let sent = source.sha256();
     let (got, digest) = common::within(Duration::from_secs(60), "the echo", reader)
         .await
         .expect("reader task")

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::data::{hex, XorShift, CHUNK};
+use super::data::{hex, RandomStream};
 
 /// Direction byte, seed and length, big-endian.
 const HEADER_LEN: usize = 17;
@@ -129,18 +129,17 @@ async fn serve_one(mut stream: TcpStream, stats: Arc<TargetStats>) {
     let seed = u64::from_be_bytes(header[1..9].try_into().expect("8 bytes"));
     let len = u64::from_be_bytes(header[9..17].try_into().expect("8 bytes"));
     if header[0] == 1 {
-        let mut rng = XorShift::new(seed);
-        let mut buf = vec![0u8; CHUNK];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(CHUNK as u64) as usize;
-            rng.fill(&mut buf[..n]);
-            if stream.write_all(&buf[..n]).await.is_err() {
+        let mut source = RandomStream::new(seed, len);
+        loop {
+            let piece = source.next_piece();
+            if piece.is_empty() {
+                break;
+            }
+            if stream.write_all(piece).await.is_err() {
                 TargetStats::bump(&stats.errors);
                 return abort(stream);
             }
-            stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
-            left -= n as u64;
+            stats.bytes.fetch_add(piece.len() as u64, Ordering::Relaxed);
         }
         if stream.shutdown().await.is_err() {
             TargetStats::bump(&stats.errors);
@@ -242,20 +241,17 @@ async fn upload(
     len: u64,
     progress: &AtomicU64,
 ) -> Result<Outcome, Outcome> {
-    let mut rng = XorShift::new(seed);
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        rng.fill(&mut buf[..n]);
-        ctx.update(&buf[..n]);
-        s.write_all(&buf[..n]).await.map_err(error("write"))?;
-        progress.fetch_add(n as u64, Ordering::Relaxed);
-        left -= n as u64;
+    let mut source = RandomStream::new(seed, len);
+    loop {
+        let piece = source.next_piece();
+        if piece.is_empty() {
+            break;
+        }
+        s.write_all(piece).await.map_err(error("write"))?;
+        progress.fetch_add(piece.len() as u64, Ordering::Relaxed);
     }
     s.shutdown().await.map_err(error("write"))?;
-    let sent = hex(ctx.finish().as_ref());
+    let sent = source.sha256();
     let mut verdict = [0u8; VERDICT_LEN];
     let mut filled = 0;
     while filled < VERDICT_LEN {
@@ -309,17 +305,9 @@ async fn download(
 /// SHA-256 of the `len` bytes the target sends for `seed`, generated the way it does
 /// (chunk by chunk, which the generator's output depends on).
 fn expected_sha256(seed: u64, len: u64) -> String {
-    let mut rng = XorShift::new(seed);
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        rng.fill(&mut buf[..n]);
-        ctx.update(&buf[..n]);
-        left -= n as u64;
-    }
-    hex(ctx.finish().as_ref())
+    let mut source = RandomStream::new(seed, len);
+    while !source.next_piece().is_empty() {}
+    source.sha256()
 }
 
 /// Opens a stream to `addr` that announces an upload and then sends nothing: an idle

@@ -59,6 +59,41 @@ pub struct Digest {
     pub sha256: String,
 }
 
+/// The first `len` bytes of the stream of `seed`, made [`CHUNK`] bytes at a time (the
+/// bytes depend on the chunking) and hashed as they are made.
+pub struct RandomStream {
+    rng: XorShift,
+    ctx: ring::digest::Context,
+    buf: Vec<u8>,
+    left: u64,
+}
+
+impl RandomStream {
+    /// The stream of `seed`, `len` bytes long.
+    pub fn new(seed: u64, len: u64) -> Self {
+        Self {
+            rng: XorShift::new(seed),
+            ctx: ring::digest::Context::new(&ring::digest::SHA256),
+            buf: vec![0u8; CHUNK],
+            left: len,
+        }
+    }
+
+    /// The next piece (at most [`CHUNK`] bytes); empty once all `len` were made.
+    pub fn next_piece(&mut self) -> &[u8] {
+        let n = self.left.min(CHUNK as u64) as usize;
+        self.rng.fill(&mut self.buf[..n]);
+        self.ctx.update(&self.buf[..n]);
+        self.left -= n as u64;
+        &self.buf[..n]
+    }
+
+    /// SHA-256 (hex) of every byte made so far.
+    pub fn sha256(self) -> String {
+        hex(self.ctx.finish().as_ref())
+    }
+}
+
 /// Writes `len` bytes of the stream of `seed` to `w`, hashing as it goes, then shuts
 /// down the write side. Returns what was sent.
 pub async fn send_random<W: AsyncWrite + Unpin>(
@@ -66,20 +101,17 @@ pub async fn send_random<W: AsyncWrite + Unpin>(
     seed: u64,
     len: u64,
 ) -> std::io::Result<Digest> {
-    let mut rng = XorShift::new(seed);
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        rng.fill(&mut buf[..n]);
-        ctx.update(&buf[..n]);
-        w.write_all(&buf[..n]).await?;
-        left -= n as u64;
+    let mut stream = RandomStream::new(seed, len);
+    loop {
+        let piece = stream.next_piece();
+        if piece.is_empty() {
+            break;
+        }
+        w.write_all(piece).await?;
     }
     w.shutdown().await?;
     Ok(Digest {
         bytes: len,
-        sha256: hex(ctx.finish().as_ref()),
+        sha256: stream.sha256(),
     })
 }
