@@ -9,7 +9,7 @@
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use meshd::proto::tls_record::{RecordLayer, RecordLimit, TlsRecords, APPLICATION_DATA};
+use meshd::proto::tls_record::{RecordLayer, TlsRecords, APPLICATION_DATA, MAX_CONTENT};
 use meshd_fuzz::{counting, Reader};
 use rustls::crypto::cipher::{AeadKey, Iv};
 use rustls::{ConnectionTrafficSecrets, ExtractedSecrets};
@@ -42,12 +42,12 @@ fn secrets(key: [u8; 32], iv: [u8; 12]) -> ConnectionTrafficSecrets {
     }
 }
 
-fn layer(tx: ([u8; 32], [u8; 12]), rx: ([u8; 32], [u8; 12]), limit: RecordLimit) -> RecordLayer {
+fn layer(tx: ([u8; 32], [u8; 12]), rx: ([u8; 32], [u8; 12])) -> RecordLayer {
     let s = ExtractedSecrets {
         tx: (0, secrets(tx.0, tx.1)),
         rx: (0, secrets(rx.0, rx.1)),
     };
-    RecordLayer::from_secrets(s, limit).expect("record layer")
+    RecordLayer::from_secrets(s).expect("record layer")
 }
 
 /// The mux records in `content`, as far as its length prefixes are valid and whole.
@@ -67,15 +67,10 @@ fn mux_records(content: &[u8]) -> Vec<Vec<u8>> {
 
 fuzz_target!(|data: &[u8]| {
     let mut r = Reader::new(data);
-    let limit = if r.u8() & 1 == 1 {
-        RecordLimit::Large
-    } else {
-        RecordLimit::Standard
-    };
     let a = (counting(0xa0), counting(0xc0));
     let d = (counting(0xd0), counting(0xf0));
-    let mut sender = layer(a, d, limit);
-    let mut receiver = TlsRecords::new(layer(d, a, limit), Bytes::new());
+    let mut sender = layer(a, d);
+    let mut receiver = TlsRecords::new(layer(d, a), Bytes::new());
 
     let mut wire = Vec::new();
     // Application data sent before the first record that is not (the receiver stops there).
@@ -88,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
         match read_piece(&mut r) {
             Piece::Cut(c) => cuts.push(c),
             Piece::Data(body) => {
-                let body = &body[..body.len().min(limit.max_content())];
+                let body = &body[..body.len().min(MAX_CONTENT)];
                 let start = RecordLayer::begin(&mut wire);
                 wire.extend_from_slice(body);
                 sender
@@ -99,7 +94,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             Piece::Other(ty, body) => {
-                let body = &body[..body.len().min(limit.max_content())];
+                let body = &body[..body.len().min(MAX_CONTENT)];
                 let start = RecordLayer::begin(&mut wire);
                 wire.extend_from_slice(body);
                 sender.seal(&mut wire, start, ty).expect("seal");

@@ -152,6 +152,8 @@ pub(crate) struct LinkState {
     /// Auth mode of the latest link (`noise`, `psk`, `tls`).
     pub(crate) auth: Option<&'static str>,
     pub(crate) established: u64,
+    /// Key changes completed on this peer's links.
+    pub(crate) rekeys: u64,
     pub(crate) last_error: Option<String>,
 }
 
@@ -168,6 +170,7 @@ pub struct Metrics {
     link_up: Family<PeerDirectionLabels, Gauge>,
     link_rtt: RttFamily,
     link_established: Family<PeerLabels, Counter>,
+    link_rekeys: Family<PeerLabels, Counter>,
     link_failures: Family<PeerReasonLabels, Counter>,
     handshake_failures: Family<ReasonLabels, Counter>,
     streams_active: Family<StreamLabels, Gauge>,
@@ -209,6 +212,13 @@ impl Metrics {
             "meshd_link_established",
             "Links established (handshake completed), either direction",
             link_established.clone(),
+        );
+        let link_rekeys = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "meshd_link_rekeys",
+            "Key changes completed on live links (both directions on new keys: a fresh \
+             X25519 exchange on noise/psk links, a KeyUpdate each way on tls links)",
+            link_rekeys.clone(),
         );
         let link_failures = Family::<PeerReasonLabels, Counter>::default();
         registry.register(
@@ -293,6 +303,7 @@ impl Metrics {
             link_up,
             link_rtt,
             link_established,
+            link_rekeys,
             link_failures,
             handshake_failures,
             streams_active,
@@ -412,6 +423,7 @@ impl Metrics {
             peer: peer.to_string(),
         };
         let _ = self.link_established.get_or_create_owned(&labels);
+        let _ = self.link_rekeys.get_or_create_owned(&labels);
         let _ = self.link_rtt.get_or_create_owned(&labels);
     }
 
@@ -434,10 +446,14 @@ impl Metrics {
         let rtt = self.link_rtt.get_or_create_owned(&PeerLabels {
             peer: peer.to_string(),
         });
+        let rekeys = self.link_rekeys.get_or_create_owned(&PeerLabels {
+            peer: peer.to_string(),
+        });
         LinkObserver {
             metrics: self.clone(),
             rtt: RttObserver {
                 histogram: rtt,
+                rekeys,
                 entry: entry.clone(),
             },
             entry,
@@ -531,14 +547,21 @@ impl Metrics {
     }
 }
 
-/// Reports the RTTs of one link; the driver owns one.
+/// Reports the RTTs and re-keys of one link; the driver owns one.
 #[derive(Clone, Debug)]
 pub struct RttObserver {
     histogram: Histogram,
+    rekeys: Counter,
     entry: Arc<LinkEntry>,
 }
 
 impl RttObserver {
+    /// The link completed a key change.
+    pub fn rekeyed(&self) {
+        self.rekeys.inc();
+        self.entry.state().rekeys += 1;
+    }
+
     /// A PONG answered a PING after `rtt`.
     pub fn observe(&self, rtt: Duration) {
         self.histogram.observe(rtt.as_secs_f64());
@@ -683,6 +706,7 @@ mod tests {
             ("meshd_link_up", "gauge"),
             ("meshd_link_rtt_seconds", "histogram"),
             ("meshd_link_established", "counter"),
+            ("meshd_link_rekeys", "counter"),
             ("meshd_link_failures", "counter"),
             ("meshd_handshake_failures", "counter"),
             ("meshd_streams_active", "gauge"),

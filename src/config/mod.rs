@@ -160,6 +160,10 @@ pub struct Limits {
     /// New mesh connections per second accepted from one source address (IPv6: one /64),
     /// in bursts of twice that (`handshake_rate_per_source`, default 20; 0 = no limit).
     pub handshake_rate_per_source: u32,
+    /// When links make new keys in band (`rekey_interval_ms`, default 120000;
+    /// `rekey_bytes`, default 16 GiB per direction; `rekey_timeout_ms`, default 10000: how
+    /// long a peer may take to finish one before the link is cut).
+    pub rekey: crate::proto::rekey::RekeyPolicy,
 }
 
 impl Default for Limits {
@@ -174,6 +178,7 @@ impl Default for Limits {
             link_wait: Duration::from_secs(5),
             max_pending_handshakes: 128,
             handshake_rate_per_source: 20,
+            rekey: crate::proto::rekey::RekeyPolicy::default(),
         }
     }
 }

@@ -55,6 +55,12 @@ pub(super) struct RawLimits {
     pub max_pending_handshakes: Option<Spanned<i64>>,
     #[serde(default)]
     pub handshake_rate_per_source: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub rekey_interval_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub rekey_bytes: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub rekey_timeout_ms: Option<Spanned<i64>>,
 }
 
 /// `peers/NAME.toml`.

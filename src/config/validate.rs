@@ -625,6 +625,29 @@ fn validate_limits(src: &Source, raw: RawLimits, diags: &mut Vec<Diagnostic>) ->
         100_000,
         u64::from(d.handshake_rate_per_source),
     );
+    let rekey_interval = get(
+        &raw.rekey_interval_ms,
+        "rekey_interval_ms",
+        1_000,
+        86_400_000,
+        ms(d.rekey.interval),
+    );
+    // From 1 MiB (tests) to 256 GiB, below AES-GCM's margin of about 2^38.5 bytes per key
+    // (RFC 8446 §5.5).
+    let rekey_bytes = get(
+        &raw.rekey_bytes,
+        "rekey_bytes",
+        1 << 20,
+        1 << 38,
+        d.rekey.bytes,
+    );
+    let rekey_timeout = get(
+        &raw.rekey_timeout_ms,
+        "rekey_timeout_ms",
+        100,
+        600_000,
+        ms(d.rekey.timeout),
+    );
     if let Some(v) = &raw.max_stream_window {
         if max_window < stream_window {
             diags.push(src.at(
@@ -648,6 +671,11 @@ fn validate_limits(src: &Source, raw: RawLimits, diags: &mut Vec<Diagnostic>) ->
         link_wait: Duration::from_millis(link_wait),
         max_pending_handshakes: pending as usize,
         handshake_rate_per_source: rate as u32,
+        rekey: crate::proto::rekey::RekeyPolicy {
+            interval: Duration::from_millis(rekey_interval),
+            bytes: rekey_bytes,
+            timeout: Duration::from_millis(rekey_timeout),
+        },
     }
 }
 

@@ -361,7 +361,6 @@ async fn run_inbound(
     if let Some(k) = policy.peers.get(&peer) {
         observer.set_auth(k.mode.as_str());
     }
-    let tls_records = transport.records_label();
     let driver = Driver::new(
         peer.clone(),
         Direction::Acceptor,
@@ -379,7 +378,6 @@ async fn run_inbound(
         auth = %auth,
         peer_cert = %peer_cert.as_ref().map_or("", |c| c.0.as_str()),
         cipher = %peer_cert.as_ref().map_or("", |c| c.1.as_str()),
-        tls_records = %tls_records,
         "link up"
     );
     let err = driver.run(socket, rx, link_cancel, ctx.drain.clone()).await;

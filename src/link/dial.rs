@@ -159,7 +159,6 @@ pub async fn supervise(
                 };
                 let observer = metrics.link_up(&ctx.peer, Direction::Dialer);
                 observer.set_auth(ctx.mode.as_str());
-                let tls_records = transport.records_label();
                 // The acceptor's GOAWAY (it is draining) takes this link out of the slot at
                 // once: new connections wait for the next link instead of being refused.
                 let on_go_away = {
@@ -184,7 +183,6 @@ pub async fn supervise(
                     auth = %ctx.mode.as_str(),
                     peer_cert = %peer_cert.as_ref().map_or("", |c| c.0.as_str()),
                     cipher = %peer_cert.as_ref().map_or("", |c| c.1.as_str()),
-                    tls_records = %tls_records,
                     setup_us = setup.as_micros() as u64,
                     "link up"
                 );

@@ -16,12 +16,14 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use rustls::AlertDescription;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::WriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::rekey::{KeySchedule, TlsUpdates};
 use super::stream::{self, End, LiveStreams, ReadBuf, Slot, Stream};
 use super::transport::Transport;
 use super::{Cmd, LinkError, OpenFailure, Stop};
@@ -30,6 +32,7 @@ use crate::config::{Limits, PeerName};
 use crate::proto::frame::{OpenError, ResetCode, StreamId, HEADER_LEN};
 use crate::proto::handshake::{MAX_RECORD_PLAINTEXT, TAG_LEN};
 use crate::proto::mux::{Event, Mux, MuxConfig, Role, StreamError};
+use crate::proto::rekey::{RekeyError, Rekeyer};
 
 /// Encrypted bytes queued for the socket before the driver stops pulling from the mux.
 const WRITE_HIGH_WATER: usize = 512 * 1024;
@@ -173,6 +176,10 @@ pub(crate) struct Driver {
     peer_went_away: bool,
     /// Called once when the peer's GOAWAY arrives (the dialer takes the link out of use).
     on_go_away: Option<Box<dyn FnOnce() + Send>>,
+    /// When the link changes its keys.
+    keys: KeySchedule,
+    /// Key changes already reported to the metrics.
+    rekeys_reported: u64,
 }
 
 /// Sends [`Cmd::Stop`] to the link's driver when `drain` or `cancel` fires; ends when the
@@ -206,6 +213,17 @@ impl Driver {
         exits: Option<Arc<dyn Exits>>,
         rtt: RttObserver,
     ) -> Self {
+        let mut transport = transport;
+        let now = Instant::now();
+        let keys = match &mut transport {
+            Transport::Noise(session) => KeySchedule::Noise(Box::new(Rekeyer::new(
+                direction == Direction::Dialer,
+                limits.rekey,
+                session.take_rekey_chain(),
+                now,
+            ))),
+            Transport::Tls(_) => KeySchedule::Tls(TlsUpdates::new(limits.rekey, now)),
+        };
         let role = match direction {
             Direction::Dialer => Role::Dialer,
             Direction::Acceptor => Role::Acceptor,
@@ -238,6 +256,8 @@ impl Driver {
             stop: None,
             peer_went_away: false,
             on_go_away: None,
+            keys,
+            rekeys_reported: 0,
         }
     }
 
@@ -264,6 +284,7 @@ impl Driver {
         // watcher ends when the command channel closes below.
         tokio::spawn(watch_tokens(cancel, drain, self.cmds_tx.clone()));
         let mut err = self.serve(&mut socket, &mut cmds).await;
+        self.tls_goodbye(&mut socket, &err).await;
         // After its GOAWAY the peer's close is orderly, even as a reset: a peer that closes
         // with our last PING or WINDOW unread in its socket makes its kernel send RST.
         if self.peer_went_away && matches!(err, LinkError::Closed | LinkError::Io(_)) {
@@ -274,6 +295,41 @@ impl Driver {
         }
         cmds.close();
         err
+    }
+
+    /// On a tls link, tells the peer how the link ends (RFC 8446 §6): close_notify when it
+    /// ends in order (drained, or the peer closed), the matching fatal alert when this side
+    /// refused what the peer sent. Records still queued go first (the alert's sequence
+    /// number comes after theirs); all within a second. A cancelled link sent its
+    /// close_notify already.
+    async fn tls_goodbye(&mut self, socket: &mut TcpStream, err: &LinkError) {
+        let Transport::Tls(tls) = &mut self.transport else {
+            return;
+        };
+        let alert = match err {
+            LinkError::Drained | LinkError::Closed | LinkError::PeerWentAway => {
+                Some(AlertDescription::CloseNotify)
+            }
+            LinkError::TlsRecord(e) => e.alert(),
+            LinkError::RecordLength(_) => Some(AlertDescription::DecodeError),
+            LinkError::Protocol(_) | LinkError::Rekey(_) => {
+                Some(AlertDescription::UnexpectedMessage)
+            }
+            _ => None,
+        };
+        let Some(alert) = alert else {
+            return;
+        };
+        if tls
+            .layer_mut()
+            .send_alert(&mut self.out.wbuf, alert)
+            .is_err()
+        {
+            return;
+        }
+        let (_, mut wr) = socket.split();
+        let flush = self.out.write_all(&mut wr);
+        let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
     }
 
     async fn serve(&mut self, socket: &mut TcpStream, cmds: &mut mpsc::Receiver<Cmd>) -> LinkError {
@@ -299,7 +355,10 @@ impl Driver {
             if draining && self.mux.stream_count() == 0 && self.out.pending() == 0 {
                 return LinkError::Drained;
             }
-            let deadline = self.mux.poll_timeout();
+            let deadline = match (self.mux.poll_timeout(), self.keys.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if deadline != armed {
                 if let Some(t) = deadline {
                     timer.as_mut().reset(tokio::time::Instant::from_std(t));
@@ -368,8 +427,12 @@ impl Driver {
                 }), if armed.is_some() => {
                     // Fired: re-armed for the next deadline on the next turn.
                     armed = None;
-                    if let Err(e) = self.mux.handle_timeout(Instant::now()) {
+                    let now = Instant::now();
+                    if let Err(e) = self.mux.handle_timeout(now) {
                         return LinkError::Protocol(e);
+                    }
+                    if let Err(e) = self.keys.handle_timeout(now) {
+                        return LinkError::Rekey(e);
                     }
                 }
             }
@@ -395,14 +458,18 @@ impl Driver {
         self.rbuf = fresh;
     }
 
-    /// Encrypts records from the mux until enough bytes wait for the socket.
+    /// Encrypts records from the mux until enough bytes wait for the socket. A key change
+    /// that is due goes first, in a record of its own.
     fn fill_write_buffer(&mut self) -> Result<(), LinkError> {
         self.out.compact();
+        self.send_key_change()?;
+        let mut sealed = 0;
         while self.out.pending() < WRITE_HIGH_WATER {
             // A stream's read that fits a record whole becomes that record, sealed inside
             // the stream's own buffer.
             if let Some(record) = self.mux.poll_transmit_owned() {
                 let record = self.transport.seal_owned(record)?;
+                sealed += record.len();
                 self.out.push_record(record);
                 continue;
             }
@@ -415,8 +482,84 @@ impl Driver {
                 break;
             }
             self.transport.seal_record(wbuf, start)?;
+            sealed += wbuf.len() - start;
         }
+        self.keys.on_sent(sealed);
         Ok(())
+    }
+
+    /// Seals the record of a key change that is due, if any, and switches the sending key
+    /// after it: every record sealed later uses the new key.
+    fn send_key_change(&mut self) -> Result<(), LinkError> {
+        let now = Instant::now();
+        match (&mut self.keys, &mut self.transport) {
+            (KeySchedule::Noise(rekeyer), Transport::Noise(session)) => {
+                let Some(out) = rekeyer.poll_transmit(now).map_err(LinkError::Rekey)? else {
+                    return Ok(());
+                };
+                let wbuf = &mut self.out.wbuf;
+                let start = crate::proto::handshake::Session::begin_record(wbuf);
+                crate::proto::frame::Frame::Rekey {
+                    step: out.message.step,
+                    epoch: out.message.epoch,
+                    key: out.message.key,
+                }
+                .encode(wbuf);
+                session.seal_record(wbuf, start)?;
+                if let Some(key) = &out.then_send_with {
+                    session.switch_send(key)?;
+                }
+                tracing::debug!(peer = %self.peer, step = ?out.message.step, epoch = out.message.epoch, "re-key");
+            }
+            (KeySchedule::Tls(updates), Transport::Tls(tls)) => {
+                let Some(request) = updates.poll(tls.layer(), now) else {
+                    return Ok(());
+                };
+                tls.layer_mut()
+                    .send_key_update(&mut self.out.wbuf, request)?;
+                updates.sent_update(tls.layer(), request, now);
+                tracing::debug!(peer = %self.peer, request, "tls key update sent");
+            }
+            _ => {}
+        }
+        self.report_rekeys();
+        Ok(())
+    }
+
+    /// Applies what the record just opened said about keys: a REKEY frame that switches
+    /// the receiving key (from the next record on), or a KeyUpdate the TLS layer followed.
+    fn after_record_keys(&mut self, record_len: usize) -> Result<(), LinkError> {
+        self.keys.on_received(record_len);
+        let now = Instant::now();
+        while let Some(msg) = self.mux.take_rekey() {
+            let (KeySchedule::Noise(rekeyer), Transport::Noise(session)) =
+                (&mut self.keys, &mut self.transport)
+            else {
+                return Err(LinkError::Rekey(RekeyError::Unexpected {
+                    step: msg.step,
+                    epoch: msg.epoch,
+                    why: "tls links change keys with KeyUpdate",
+                }));
+            };
+            if let Some(key) = rekeyer.handle(msg, now).map_err(LinkError::Rekey)? {
+                session.switch_recv(&key)?;
+            }
+        }
+        if let (KeySchedule::Tls(updates), Transport::Tls(tls)) = (&mut self.keys, &self.transport)
+        {
+            updates.after_record(tls.layer());
+        }
+        self.report_rekeys();
+        Ok(())
+    }
+
+    fn report_rekeys(&mut self) {
+        let completed = self.keys.completed();
+        while self.rekeys_reported < completed {
+            self.rekeys_reported += 1;
+            self.rtt.rekeyed();
+            tracing::debug!(peer = %self.peer, rekeys = completed, "keys changed");
+        }
     }
 
     /// Decrypts every whole record in the read buffer and feeds it to the mux.
@@ -428,7 +571,9 @@ impl Driver {
             let Some(record) = tls.next_record(&mut self.rbuf)? else {
                 return Ok(());
             };
+            let len = record.len();
             self.mux.handle_record(record, now)?;
+            self.after_record_keys(len)?;
             self.after_record()?;
         }
         while self.rbuf.len() >= 2 {
@@ -450,6 +595,7 @@ impl Driver {
             record.truncate(n);
             let record = record.freeze();
             self.mux.handle_record(record, now)?;
+            self.after_record_keys(n)?;
             self.after_record()?;
         }
         Ok(())

@@ -22,6 +22,7 @@ mod dial;
 mod driver;
 mod pending;
 mod ratelimit;
+mod rekey;
 pub mod replay;
 mod stream;
 mod transport;
@@ -58,6 +59,9 @@ pub enum LinkError {
     /// post-handshake message from the peer). A close_notify is [`LinkError::Closed`].
     #[error("tls record layer: {0}")]
     TlsRecord(TlsRecordError),
+    /// A key change failed: the peer's part came out of turn or not in time.
+    #[error("re-key: {0}")]
+    Rekey(crate::proto::rekey::RekeyError),
     /// A record length prefix was out of bounds.
     #[error("record length {0} out of bounds")]
     RecordLength(usize),
@@ -88,6 +92,8 @@ impl LinkError {
             LinkError::Protocol(_) => "protocol",
             LinkError::Tls(e) => crate::tls::reason(e),
             LinkError::TlsRecord(e) => e.reason(),
+            LinkError::Rekey(crate::proto::rekey::RekeyError::Timeout { .. }) => "rekey_timeout",
+            LinkError::Rekey(_) => "rekey",
             LinkError::RecordLength(_) => "oversized",
             LinkError::Cancelled => "cancelled",
             LinkError::Drained => "drained",

@@ -4,9 +4,9 @@
 //!
 //! - `noise` / `psk`: the length counts the AEAD ciphertext, one Noise message per record
 //!   ([`Session`]);
-//! - `tls`: the length counts the plaintext frames, one TLS 1.3 record per mux record, run
-//!   by our own record layer with the keys rustls negotiated ([`TlsRecords`]); two meshd
-//!   ends agree on large records (ALPN), so a mux record is as large as on Noise links.
+//! - `tls`: the length counts the plaintext frames, one standard TLS 1.3 record (at most
+//!   2^14 bytes) per mux record, run by our own record layer with the keys and traffic
+//!   secrets rustls negotiated ([`TlsRecords`]), which also updates them (KeyUpdate).
 //!
 //! Also here: the TLS handshakes (dial and accept), which run through tokio-rustls; then
 //! the traffic keys are taken out of rustls and rustls is done. In TLS 1.3 the client's
@@ -15,7 +15,9 @@
 //! the dialer calls a link up only once it has decrypted that record: a refusal is then a
 //! failed dial (`cert_refused_by_peer`), not a link that comes up and dies.
 
+use std::fmt;
 use std::io::Read;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use rustls::pki_types::ServerName;
@@ -27,8 +29,11 @@ use crate::config::{AuthMode, PeerName};
 use crate::proto::chunk::OwnedRecord;
 use crate::proto::handshake::{HandshakeError, Preamble, Session};
 use crate::proto::mux;
-use crate::proto::tls_record::{RecordLayer, RecordLimit, TlsRecordError, TlsRecords, HEADER_LEN};
+use crate::proto::tls_record::{
+    RecordLayer, TlsRecordError, TlsRecords, HEADER_LEN, MAX_MUX_RECORD,
+};
 use crate::tls::{self, TlsMaterial};
+use zeroize::Zeroizing;
 
 /// The record layer of one link.
 pub(crate) enum Transport {
@@ -62,27 +67,16 @@ impl Transport {
     pub(crate) fn max_mux_record(&self) -> usize {
         match self {
             Transport::Noise(_) => crate::proto::handshake::MAX_RECORD_PLAINTEXT,
-            Transport::Tls(tls) => tls.max_mux_record(),
+            Transport::Tls(_) => MAX_MUX_RECORD,
         }
     }
 
     /// Whether a bulk read becomes records where it lies, one record per read segment
-    /// ([`crate::proto::chunk`]). Standard TLS records of 16 KiB are the exception: sixteen
-    /// of them sealed in place per 256 KiB read measured 2-4 % slower than copying the
-    /// read into them (more records, events and iovecs per byte).
+    /// ([`crate::proto::chunk`]). TLS records of 16 KiB are the exception: sixteen of them
+    /// sealed in place per 256 KiB read measured 2-4 % slower than copying the read into
+    /// them (more records, events and iovecs per byte).
     pub(crate) fn seals_reads_in_place(&self) -> bool {
-        match self {
-            Transport::Noise(_) => true,
-            Transport::Tls(tls) => tls.limit() == RecordLimit::Large,
-        }
-    }
-
-    /// The record size a tls link agreed on, for the "link up" line; empty otherwise.
-    pub(crate) fn records_label(&self) -> &'static str {
-        match self {
-            Transport::Noise(_) => "",
-            Transport::Tls(tls) => tls.limit().as_str(),
-        }
+        matches!(self, Transport::Noise(_))
     }
 
     /// Seals a record the mux built inside a stream's own read buffer, where it lies, and
@@ -97,20 +91,75 @@ impl Transport {
     }
 }
 
-/// Ends rustls's part of a finished handshake: takes its traffic keys and sequence numbers
-/// for our record layer, with any application data rustls already decrypted. The records
-/// are large when both ends offered [`crate::proto::tls_record::LARGE_RECORDS_ALPN`]. A meshd
-/// dialer sends nothing before the acceptor's greeting and the acceptor sends nothing
-/// before its greeting, so normally there is none; rustls cannot hand back part of a record
-/// it has buffered, so a peer that sends early may lose the link on its next record.
-fn into_records(conn: rustls::Connection) -> Result<TlsRecords, LinkError> {
+/// The first application traffic secrets of one handshake, as rustls reports them to its
+/// key log: the record layer needs them to update its keys (RFC 8446 §7.2), and rustls
+/// hands over only the keys themselves. Each handshake gets its own (see
+/// [`with_secret_log`]); nothing is written anywhere.
+#[derive(Default)]
+struct SecretLog {
+    client: Mutex<Option<Zeroizing<Vec<u8>>>>,
+    server: Mutex<Option<Zeroizing<Vec<u8>>>>,
+}
+
+type Secret = Zeroizing<Vec<u8>>;
+
+const CLIENT_SECRET: &str = "CLIENT_TRAFFIC_SECRET_0";
+const SERVER_SECRET: &str = "SERVER_TRAFFIC_SECRET_0";
+
+impl fmt::Debug for SecretLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretLog(MASKED)")
+    }
+}
+
+impl rustls::KeyLog for SecretLog {
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        let slot = match label {
+            CLIENT_SECRET => &self.client,
+            SERVER_SECRET => &self.server,
+            _ => return,
+        };
+        if let Ok(mut slot) = slot.lock() {
+            *slot = Some(Zeroizing::new(secret.to_vec()));
+        }
+    }
+
+    fn will_log(&self, label: &str) -> bool {
+        matches!(label, CLIENT_SECRET | SERVER_SECRET)
+    }
+}
+
+impl SecretLog {
+    /// (ours, theirs) for the side that is the client if `client`.
+    fn take(&self, client: bool) -> Result<(Secret, Secret), LinkError> {
+        let take = |slot: &Mutex<Option<Secret>>| {
+            slot.lock().ok().and_then(|mut s| s.take()).ok_or_else(|| {
+                LinkError::Handshake(HandshakeError::Local(
+                    "rustls reported no traffic secret for the key updates".into(),
+                ))
+            })
+        };
+        let (c, s) = (take(&self.client)?, take(&self.server)?);
+        Ok(if client { (c, s) } else { (s, c) })
+    }
+}
+
+/// Ends rustls's part of a finished handshake: takes its traffic keys, secrets and
+/// sequence numbers for our record layer, with any application data rustls already
+/// decrypted. A meshd dialer sends nothing before the acceptor's greeting and the acceptor
+/// sends nothing before its greeting, so normally there is none; rustls cannot hand back
+/// part of a record it has buffered, so a peer that sends early may lose the link on its
+/// next record.
+fn into_records(conn: rustls::Connection, log: &SecretLog) -> Result<TlsRecords, LinkError> {
     let mut conn = conn;
-    let limit = RecordLimit::negotiated(conn.alpn_protocol());
+    let client = matches!(conn, rustls::Connection::Client(_));
     let state = conn.process_new_packets().map_err(LinkError::Tls)?;
     let mut received = vec![0; state.plaintext_bytes_to_read()];
     conn.reader().read_exact(&mut received)?;
     let secrets = conn.dangerous_extract_secrets().map_err(LinkError::Tls)?;
-    let layer = RecordLayer::from_secrets(secrets, limit)?;
+    let mut layer = RecordLayer::from_secrets(secrets)?;
+    let (tx, rx) = log.take(client)?;
+    layer.set_traffic_secrets(&tx, &rx)?;
     Ok(TlsRecords::new(layer, Bytes::from(received)))
 }
 
@@ -170,7 +219,10 @@ pub(crate) async fn dial(
     socket.write_all(&preamble.encode()).await?;
     let name = ServerName::try_from(peer.as_str().to_owned())
         .map_err(|e| LinkError::Handshake(HandshakeError::Local(e.to_string())))?;
-    let connector = tokio_rustls::TlsConnector::from(material.client_config());
+    let log = Arc::new(SecretLog::default());
+    let mut config = (*material.client_config()).clone();
+    config.key_log = log.clone();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let stream = connector
         .connect(name, socket)
         .await
@@ -178,7 +230,7 @@ pub(crate) async fn dial(
     let (mut socket, conn) = stream.into_inner();
     let peer_cert = peer_cert_fingerprint(conn.peer_certificates());
     let cipher = cipher_name(conn.negotiated_cipher_suite());
-    let mut records = into_records(conn.into()).map_err(|e| confirmation_error(e, peer))?;
+    let mut records = into_records(conn.into(), &log).map_err(|e| confirmation_error(e, peer))?;
     await_confirmation(&mut socket, &mut records, peer).await?;
     Ok(TlsLink {
         socket,
@@ -264,7 +316,10 @@ pub(crate) async fn accept(
     socket: TcpStream,
     claimed: &PeerName,
 ) -> Result<TlsLink, LinkError> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(material.server_config());
+    let log = Arc::new(SecretLog::default());
+    let mut config = (*material.server_config()).clone();
+    config.key_log = log.clone();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let stream = acceptor
         .accept(socket)
         .await
@@ -291,7 +346,7 @@ pub(crate) async fn accept(
     let peer_cert = tls::fingerprint(cert);
     let cipher = cipher_name(conn.negotiated_cipher_suite());
     // Everything is checked: confirm the link to the dialer now (see the module doc).
-    let mut records = into_records(conn.into())?;
+    let mut records = into_records(conn.into(), &log)?;
     let mut greeting = Vec::new();
     let start = TlsRecords::begin_record(&mut greeting);
     mux::encode_greeting(&mut greeting);

@@ -64,7 +64,53 @@ pub enum Frame<'a> {
     /// The sender's link settings, sent once as its first frame: the receive window each
     /// new stream starts with on its side, which is the peer's initial send credit.
     Settings { window: u32 },
+    /// A step of an in-band re-key of a noise/psk link ([`super::rekey`]): `step` says
+    /// which ([`RekeyStep`]), `epoch` numbers the keys being made (1 for the first re-key),
+    /// `key` is an X25519 public key in OFFER and ANSWER and zeros otherwise.
+    Rekey {
+        step: RekeyStep,
+        epoch: u32,
+        key: [u8; 32],
+    },
 }
+
+/// The steps of a re-key ([`Frame::Rekey`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RekeyStep {
+    /// Acceptor to dialer: my limit is reached, please start a re-key.
+    Request,
+    /// Dialer to acceptor: my ephemeral key for the new keys.
+    Offer,
+    /// Acceptor to dialer: my ephemeral key; this record is the last of mine under the old
+    /// key.
+    Answer,
+    /// Dialer to acceptor: this record is the last of mine under the old key.
+    Commit,
+}
+
+impl RekeyStep {
+    fn code(self) -> u8 {
+        match self {
+            RekeyStep::Request => 0,
+            RekeyStep::Offer => 1,
+            RekeyStep::Answer => 2,
+            RekeyStep::Commit => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => RekeyStep::Request,
+            1 => RekeyStep::Offer,
+            2 => RekeyStep::Answer,
+            3 => RekeyStep::Commit,
+            _ => return None,
+        })
+    }
+}
+
+/// Payload bytes of a REKEY frame: step, epoch, key.
+pub const REKEY_PAYLOAD_LEN: usize = 1 + 4 + 32;
 
 /// Decoding errors.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,6 +142,7 @@ const T_PING: u8 = 8;
 const T_PONG: u8 = 9;
 const T_GOAWAY: u8 = 10;
 const T_SETTINGS: u8 = 11;
+const T_REKEY: u8 = 12;
 
 /// Longest service name an OPEN may carry.
 pub const MAX_SERVICE_LEN: usize = 63;
@@ -170,6 +217,7 @@ impl Frame<'_> {
             Frame::Pong { .. } => T_PONG,
             Frame::GoAway { .. } => T_GOAWAY,
             Frame::Settings { .. } => T_SETTINGS,
+            Frame::Rekey { .. } => T_REKEY,
         }
     }
 
@@ -185,7 +233,8 @@ impl Frame<'_> {
             Frame::Ping { .. }
             | Frame::Pong { .. }
             | Frame::GoAway { .. }
-            | Frame::Settings { .. } => 0,
+            | Frame::Settings { .. }
+            | Frame::Rekey { .. } => 0,
         }
     }
 
@@ -197,6 +246,7 @@ impl Frame<'_> {
             Frame::OpenErr { .. } | Frame::Rst { .. } | Frame::GoAway { .. } => 1,
             Frame::Window { .. } | Frame::Settings { .. } => 4,
             Frame::Ping { .. } | Frame::Pong { .. } => 8,
+            Frame::Rekey { .. } => REKEY_PAYLOAD_LEN,
         }
     }
 
@@ -223,6 +273,11 @@ impl Frame<'_> {
             Frame::Settings { window } => out.extend_from_slice(&window.to_be_bytes()),
             Frame::Ping { nonce } | Frame::Pong { nonce } => {
                 out.extend_from_slice(&nonce.to_be_bytes())
+            }
+            Frame::Rekey { step, epoch, key } => {
+                out.push(step.code());
+                out.extend_from_slice(&epoch.to_be_bytes());
+                out.extend_from_slice(&key);
             }
         }
     }
@@ -283,9 +338,10 @@ pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), FrameError> {
         T_PONG => "PONG",
         T_GOAWAY => "GOAWAY",
         T_SETTINGS => "SETTINGS",
+        T_REKEY => "REKEY",
         other => return Err(FrameError::UnknownType(other)),
     };
-    let link_frame = matches!(ty, T_PING | T_PONG | T_GOAWAY | T_SETTINGS);
+    let link_frame = matches!(ty, T_PING | T_PONG | T_GOAWAY | T_SETTINGS | T_REKEY);
     if link_frame && stream != 0 {
         return Err(malformed(kind, "link frame on a non-zero stream"));
     }
@@ -360,6 +416,13 @@ pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), FrameError> {
             want_len(4)?;
             let window = u32::from_be_bytes(p.try_into().expect("4 bytes"));
             Frame::Settings { window }
+        }
+        T_REKEY => {
+            want_len(REKEY_PAYLOAD_LEN)?;
+            let step = RekeyStep::from_code(p[0]).ok_or_else(|| malformed(kind, "unknown step"))?;
+            let epoch = u32::from_be_bytes(p[1..5].try_into().expect("4 bytes"));
+            let key: [u8; 32] = p[5..].try_into().expect("32 bytes");
+            Frame::Rekey { step, epoch, key }
         }
         _ => {
             want_len(1)?;
@@ -447,6 +510,26 @@ mod tests {
             },
             Frame::GoAway { reason: 9 },
             Frame::Settings { window: 256 * 1024 },
+            Frame::Rekey {
+                step: RekeyStep::Request,
+                epoch: 1,
+                key: [0; 32],
+            },
+            Frame::Rekey {
+                step: RekeyStep::Offer,
+                epoch: 2,
+                key: [7; 32],
+            },
+            Frame::Rekey {
+                step: RekeyStep::Answer,
+                epoch: u32::MAX,
+                key: [0xEE; 32],
+            },
+            Frame::Rekey {
+                step: RekeyStep::Commit,
+                epoch: 3,
+                key: [0; 32],
+            },
         ]
     }
 
@@ -527,7 +610,7 @@ mod tests {
 
     #[test]
     fn unknown_types() {
-        for ty in [0u8, 12, 0x7f, 0xff] {
+        for ty in [0u8, 13, 0x7f, 0xff] {
             assert_eq!(
                 decode(&raw(ty, 1, b"")),
                 Err(FrameError::UnknownType(ty)),
@@ -574,6 +657,10 @@ mod tests {
             (raw(T_GOAWAY, 0, b"ab"), "GOAWAY two bytes"),
             (raw(T_SETTINGS, 3, &[0, 4, 0, 0]), "SETTINGS on a stream"),
             (raw(T_SETTINGS, 0, &[0, 4, 0]), "short SETTINGS"),
+            (raw(T_REKEY, 1, &[1; 37]), "REKEY on a stream"),
+            (raw(T_REKEY, 0, &[1; 36]), "short REKEY"),
+            (raw(T_REKEY, 0, &[1; 38]), "long REKEY"),
+            (raw(T_REKEY, 0, &[4; 37]), "REKEY of an unknown step"),
         ];
         for (buf, what) in &cases {
             match decode(buf) {

@@ -2,10 +2,12 @@
 //! record layer of established `tls` links. Nothing here touches a socket or reads a
 //! clock; callers pass `now` in.
 
+pub mod aead_key;
 pub mod chunk;
 pub mod frame;
 pub mod handshake;
 pub mod mux;
+pub mod rekey;
 pub mod tls_record;
 #[cfg(test)]
 mod vectors;

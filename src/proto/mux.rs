@@ -15,6 +15,7 @@ use super::frame::{
     self, encode_data_header, Frame, FrameError, OpenError, ResetCode, StreamId, HEADER_LEN,
     MAX_SERVICE_LEN,
 };
+use super::rekey::RekeyMessage;
 
 /// Smallest `max_record` the mux works with: the largest control frame (an OPEN with a
 /// 63-byte service name) must fit an empty record, or it would never be sent.
@@ -384,6 +385,9 @@ pub struct Mux<T = ()> {
     grown: u64,
     go_away_sent: bool,
     go_away_received: bool,
+    /// REKEY frames of the latest record, for the driver ([`Mux::take_rekey`]): the key
+    /// switch they announce happens at the record's end, which only the driver sees.
+    rekey_in: Vec<RekeyMessage>,
 }
 
 impl<T> Mux<T> {
@@ -421,6 +425,7 @@ impl<T> Mux<T> {
             grown: 0,
             go_away_sent: false,
             go_away_received: false,
+            rekey_in: Vec::new(),
         }
     }
 
@@ -664,6 +669,7 @@ impl<T> Mux<T> {
             }
         }
         let events_before = self.events.len();
+        let rekeys_before = self.rekey_in.len();
         let mut pos = 0;
         while pos < record.len() {
             let (f, n) = frame::decode(&record[pos..])?;
@@ -671,10 +677,22 @@ impl<T> Mux<T> {
             if let Err(e) = self.handle_frame(f, &record, now) {
                 // The link dies: the driver must not act on half a record.
                 self.events.truncate(events_before);
+                self.rekey_in.truncate(rekeys_before);
                 return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// Takes the REKEY frames of the records handled since the last call, in order. The
+    /// driver calls it after each record, before it opens the next one: a key switch that
+    /// one announces applies from the next record on.
+    pub fn take_rekey(&mut self) -> Option<RekeyMessage> {
+        if self.rekey_in.is_empty() {
+            None
+        } else {
+            Some(self.rekey_in.remove(0))
+        }
     }
 
     fn handle_frame(&mut self, f: Frame<'_>, record: &Bytes, now: Instant) -> Result<(), MuxError> {
@@ -844,6 +862,9 @@ impl<T> Mux<T> {
             Frame::GoAway { reason } => {
                 self.go_away_received = true;
                 self.push_event(Event::GoAway { reason });
+            }
+            Frame::Rekey { step, epoch, key } => {
+                self.rekey_in.push(RekeyMessage { step, epoch, key })
             }
         }
         Ok(())

@@ -18,30 +18,29 @@
 //! (`u16 length ‖ frames`), the same stream as any TLS peer writing mux records through a
 //! TLS library would produce, so older meshd versions (rustls's buffered API) interoperate.
 //!
-//! Record size: RFC 8446 caps a record's content at 2^14 bytes, so a 64 KiB mux record
-//! would take four TLS records. Two meshd ends agree in the handshake (ALPN
-//! [`LARGE_RECORDS_ALPN`], which the handshake authenticates) on records as large as the
-//! header's 16-bit length allows, 2^16 - 1 ciphertext bytes, in the same format: then one
-//! mux record of the Noise modes' size is one TLS record, sealed in place like theirs. A
-//! peer that does not offer it (an older meshd, any other TLS stack) gets standard records
-//! ([`RecordLimit`]). AES-GCM's limits are per byte, not per record, so larger records
-//! change nothing about how much one key may protect.
+//! Record size: RFC 8446 caps a record's content at 2^14 bytes, and so does this layer,
+//! in both directions: middleboxes and IDS drop larger records. One mux record is always
+//! exactly one TLS record when sending ([`MAX_MUX_RECORD`]).
 //!
-//! Not supported after the handshake, by design: KeyUpdate and NewSessionTicket (this side
-//! never sends them and, with only the extracted keys, cannot follow a key update; tickets
-//! are off in our configs). Either one from the peer ends the link with an error.
-//! The link never updates its keys either, as the Noise mode never rekeys, although RFC
-//! 8446 §5.5 advises a key update before 2^24.5 full-size AES-GCM records (about 360 GiB in
-//! one direction); rustls-based peers (older meshd versions) send one after 2^24 records,
-//! which ends the link.
+//! Key updates (RFC 8446 §4.6.3, §7.2): rustls hands over the traffic secrets along with
+//! the keys ([`RecordLayer::set_traffic_secrets`]), so this layer sends KeyUpdate (and
+//! switches its sending key right after that record) and follows the peer's (switching its
+//! receiving key right after the record that carried it, and answering `update_requested`
+//! with a KeyUpdate of its own before its next record). When and how often a link updates
+//! is the driver's policy. NewSessionTicket and any other post-handshake message end the
+//! link (tickets are off in our configs). Alerts: close_notify is a clean close; any other
+//! alert from the peer is named in the error; on a record it refuses, this side sends the
+//! matching fatal alert ([`TlsRecordError::alert`]) before it closes.
 
 use std::fmt;
 
 use bytes::{Buf, Bytes, BytesMut};
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
+use ring::aead::{self, Aad, Nonce, NONCE_LEN};
+use ring::hkdf::{self, KeyType};
 use rustls::{AlertDescription, ConnectionTrafficSecrets, ExtractedSecrets, HandshakeType};
-use zeroize::Zeroize;
+use zeroize::Zeroizing;
 
+use super::aead_key::AeadKey;
 use super::handshake::MAX_RECORD_PLAINTEXT;
 
 /// Bytes of a record header: outer type, legacy version, length.
@@ -52,72 +51,15 @@ pub const TAG_LEN: usize = 16;
 pub const MAX_CONTENT: usize = 1 << 14;
 /// Largest `length` a record header may carry (2^14 + 256).
 pub const MAX_CIPHERTEXT: usize = MAX_CONTENT + 256;
-/// Most frame bytes of one mux record on a tls link with standard records: with its 2-byte
-/// length it fills one TLS record's content exactly, so a mux record is always exactly one
-/// TLS record.
+/// Most frame bytes of one mux record on a tls link: with its 2-byte length it fills one
+/// TLS record's content exactly, so a mux record is always exactly one TLS record.
 ///
-/// Why not split the Noise mode's 64 KiB mux records over standard records: that would
-/// take four TLS records each, and sealing those in place means moving three quarters of
-/// it to open gaps for the inner headers and tags (and closing them again on receive, or
+/// Why not split the Noise mode's 64 KiB mux records over TLS records: that would take
+/// four TLS records each, and sealing those in place means moving three quarters of it to
+/// open gaps for the inner headers and tags (and closing them again on receive, or
 /// assembling a copy). With one mux record per TLS record nothing moves on either side;
-/// the cost is a mux record (and a DATA event) per 16 KiB instead of per 64 KiB. Two meshd
-/// ends avoid that cost with large records ([`RecordLimit::Large`]).
+/// the cost is a mux record (and a DATA event) per 16 KiB instead of per 64 KiB.
 pub const MAX_MUX_RECORD: usize = MAX_CONTENT - 2;
-/// The ALPN protocol by which a meshd end offers, and accepts, large records.
-pub const LARGE_RECORDS_ALPN: &[u8] = b"meshd-large-records/1";
-/// Largest `length` of a large record: all the header's 16 bits.
-pub const LARGE_MAX_CIPHERTEXT: usize = u16::MAX as usize;
-/// Most content bytes of a large record: its ciphertext less the tag and the content type.
-pub const LARGE_MAX_CONTENT: usize = LARGE_MAX_CIPHERTEXT - TAG_LEN - 1;
-
-/// How large the records of one link may be, as its handshake agreed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordLimit {
-    /// RFC 8446's: content up to 2^14 bytes, ciphertext up to 2^14 + 256.
-    Standard,
-    /// Both ends negotiated [`LARGE_RECORDS_ALPN`]: content up to [`LARGE_MAX_CONTENT`].
-    Large,
-}
-
-impl RecordLimit {
-    /// The limit a finished handshake agreed on, from the ALPN protocol it negotiated.
-    pub fn negotiated(alpn: Option<&[u8]>) -> Self {
-        if alpn == Some(LARGE_RECORDS_ALPN) {
-            RecordLimit::Large
-        } else {
-            RecordLimit::Standard
-        }
-    }
-
-    /// Most content bytes one record carries.
-    pub fn max_content(self) -> usize {
-        match self {
-            RecordLimit::Standard => MAX_CONTENT,
-            RecordLimit::Large => LARGE_MAX_CONTENT,
-        }
-    }
-
-    /// Largest `length` a record header may carry.
-    pub fn max_ciphertext(self) -> usize {
-        match self {
-            RecordLimit::Standard => MAX_CIPHERTEXT,
-            RecordLimit::Large => LARGE_MAX_CIPHERTEXT,
-        }
-    }
-
-    /// Most frame bytes of one mux record, which always fills one TLS record at most.
-    pub fn max_mux_record(self) -> usize {
-        self.max_content() - 2
-    }
-
-    /// A label for logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecordLimit::Standard => "standard",
-            RecordLimit::Large => "large",
-        }
-    }
-}
 
 /// Content type of application data; also the outer type of every protected record.
 pub const APPLICATION_DATA: u8 = 0x17;
@@ -132,6 +74,13 @@ const WARNING: u8 = 1;
 const FATAL: u8 = 2;
 /// The close_notify alert description.
 const CLOSE_NOTIFY: u8 = 0;
+/// The handshake message type of a KeyUpdate, and its two `request_update` values.
+const KEY_UPDATE: u8 = 24;
+const UPDATE_NOT_REQUESTED: u8 = 0;
+const UPDATE_REQUESTED: u8 = 1;
+/// KeyUpdates the peer may send in a row without application data between them (as
+/// rustls allows): each costs an HKDF, and a flood of them is no use.
+const MAX_KEY_UPDATES_IN_A_ROW: u32 = 32;
 
 /// Record-layer failures; each one ends the link.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -151,8 +100,8 @@ pub enum TlsRecordError {
     /// A record whose legacy version is not 0x0303.
     #[error("record of version {0:#06x}, not 0x0303")]
     Version(u16),
-    /// A record length above the link's limit (2^14 + 256 for standard records).
-    #[error("record of {0} bytes exceeds the {1}-byte limit of this link's records")]
+    /// A record length above 2^14 + 256.
+    #[error("record of {0} bytes exceeds the {1}-byte limit of TLS records")]
     Oversized(usize, usize),
     /// A record length too short to hold a tag and a content type.
     #[error("record of {0} bytes is too short to hold a tag and a content type")]
@@ -160,8 +109,8 @@ pub enum TlsRecordError {
     /// A record failed to authenticate (tampered, replayed, reordered or dropped).
     #[error("record failed to decrypt (tampered, replayed, reordered or dropped)")]
     Decrypt,
-    /// A decrypted record longer than the link's content limit plus its content type.
-    #[error("record plaintext of {0} bytes exceeds the {1}-byte limit of this link's records")]
+    /// A decrypted record longer than 2^14 bytes plus its content type.
+    #[error("record plaintext of {0} bytes exceeds the {1}-byte limit of TLS records")]
     PlaintextOversized(usize, usize),
     /// A decrypted record of zeros only: no content type.
     #[error("record has no content type (padding only)")]
@@ -179,10 +128,22 @@ pub enum TlsRecordError {
     /// if any).
     #[error(
         "peer sent a post-handshake message ({}), which meshd's tls links do not support \
-         (no traffic secret to follow a key update, no session tickets)",
+         (only KeyUpdate is; no session tickets)",
         handshake_name(*.0)
     )]
     PostHandshake(Option<u8>),
+    /// A KeyUpdate message that is malformed (its `request_update` byte, or its length).
+    #[error("malformed KeyUpdate")]
+    MalformedKeyUpdate,
+    /// A KeyUpdate from the peer while this layer holds no traffic secret to follow it.
+    #[error("peer sent a KeyUpdate, but this record layer holds no traffic secret to follow it")]
+    NoTrafficSecret,
+    /// More KeyUpdates in a row than [`MAX_KEY_UPDATES_IN_A_ROW`] without data between.
+    #[error("peer sent more than {MAX_KEY_UPDATES_IN_A_ROW} KeyUpdates in a row")]
+    TooManyKeyUpdates,
+    /// The traffic secrets given do not produce the keys rustls handed over.
+    #[error("the traffic secrets do not match the negotiated keys")]
+    SecretMismatch,
     /// A record of a content type other than application data, alert or handshake.
     #[error("record of content type {0:#04x}")]
     ContentType(u8),
@@ -222,21 +183,86 @@ impl TlsRecordError {
             _ => "tls",
         }
     }
+
+    /// The fatal alert this side sends before it closes a link over this error (RFC 8446
+    /// §6.2), if any: none for the peer's own alerts or for local failures.
+    pub fn alert(&self) -> Option<AlertDescription> {
+        Some(match self {
+            TlsRecordError::Decrypt => AlertDescription::BadRecordMac,
+            TlsRecordError::Oversized(..) | TlsRecordError::PlaintextOversized(..) => {
+                AlertDescription::RecordOverflow
+            }
+            TlsRecordError::OuterType(_)
+            | TlsRecordError::ContentType(_)
+            | TlsRecordError::PostHandshake(_)
+            | TlsRecordError::NoContentType
+            | TlsRecordError::TooManyKeyUpdates
+            | TlsRecordError::NoTrafficSecret => AlertDescription::UnexpectedMessage,
+            TlsRecordError::Version(_)
+            | TlsRecordError::TooShort(_)
+            | TlsRecordError::MalformedAlert(_)
+            | TlsRecordError::MalformedKeyUpdate
+            | TlsRecordError::MuxRecordLength(_) => AlertDescription::DecodeError,
+            TlsRecordError::SequenceExhausted
+            | TlsRecordError::Encrypt
+            | TlsRecordError::UnsupportedSuite
+            | TlsRecordError::BadKey
+            | TlsRecordError::SecretMismatch
+            | TlsRecordError::ContentTooLarge(..)
+            | TlsRecordError::NoRoom => AlertDescription::InternalError,
+            TlsRecordError::CloseNotify | TlsRecordError::Alert(_) => return None,
+        })
+    }
 }
 
-/// One direction's AEAD key, IV and record sequence number.
+/// A TLS 1.3 traffic secret of one direction (RFC 8446 §7.1), kept to make the next one
+/// at a key update; wiped on drop.
+struct TrafficSecret {
+    hash: hkdf::Algorithm,
+    secret: Zeroizing<Vec<u8>>,
+}
+
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-Expand-Label(secret, label, "", len) of RFC 8446 §7.1.
+fn expand_label(
+    hash: hkdf::Algorithm,
+    secret: &[u8],
+    label: &[u8],
+    len: usize,
+) -> Zeroizing<Vec<u8>> {
+    let prk = hkdf::Prk::new_less_safe(hash, secret);
+    let full_len = 6 + label.len();
+    let info: [&[u8]; 5] = [
+        &(len as u16).to_be_bytes(),
+        &[full_len as u8],
+        b"tls13 ",
+        label,
+        &[0],
+    ];
+    let mut out = Zeroizing::new(vec![0u8; len]);
+    // Labels and lengths here are fixed and far below HKDF's limit: this cannot fail.
+    prk.expand(&info, Len(len))
+        .and_then(|okm| okm.fill(&mut out))
+        .expect("HKDF-Expand-Label of a key, IV or secret");
+    out
+}
+
+/// One direction's AEAD key, IV and record sequence number, and the traffic secret they
+/// came from once known.
 struct Direction {
-    key: LessSafeKey,
-    iv: [u8; NONCE_LEN],
+    alg: &'static aead::Algorithm,
+    key: AeadKey,
+    iv: Zeroizing<[u8; NONCE_LEN]>,
     /// Sequence number of the next record; `None` once all 2^64 are used.
     seq: Option<u64>,
-}
-
-impl Drop for Direction {
-    fn drop(&mut self) {
-        // ring keeps its expanded key to itself; the IV is ours to wipe.
-        self.iv.zeroize();
-    }
+    secret: Option<TrafficSecret>,
 }
 
 impl Direction {
@@ -246,12 +272,14 @@ impl Direction {
         iv: &[u8],
         seq: u64,
     ) -> Result<Self, TlsRecordError> {
-        let key = UnboundKey::new(alg, key).map_err(|_| TlsRecordError::BadKey)?;
-        let iv = iv.try_into().map_err(|_| TlsRecordError::BadKey)?;
+        let key = AeadKey::new(alg, key).map_err(|_| TlsRecordError::BadKey)?;
+        let iv: [u8; NONCE_LEN] = iv.try_into().map_err(|_| TlsRecordError::BadKey)?;
         Ok(Self {
-            key: LessSafeKey::new(key),
-            iv,
+            alg,
+            key,
+            iv: Zeroizing::new(iv),
             seq: Some(seq),
+            secret: None,
         })
     }
 
@@ -270,16 +298,63 @@ impl Direction {
         Self::new(alg, key.as_ref(), iv.as_ref(), seq)
     }
 
+    /// The hash of this direction's cipher suite: SHA-384 for TLS_AES_256_GCM_SHA384,
+    /// SHA-256 for the other two.
+    fn hash(&self) -> hkdf::Algorithm {
+        if std::ptr::eq(self.alg, &aead::AES_256_GCM) {
+            hkdf::HKDF_SHA384
+        } else {
+            hkdf::HKDF_SHA256
+        }
+    }
+
+    /// Keeps the traffic secret of the keys in use, after checking that it gives them: a
+    /// wrong secret would only show at the first key update, as a link that dies.
+    fn set_secret(&mut self, secret: &[u8]) -> Result<(), TlsRecordError> {
+        let hash = self.hash();
+        if secret.len() != hash.len() {
+            return Err(TlsRecordError::SecretMismatch);
+        }
+        let iv = expand_label(hash, secret, b"iv", NONCE_LEN);
+        #[allow(deprecated)] // ring's only constant-time comparison; see link::accept.
+        let same = ring::constant_time::verify_slices_are_equal(&iv, &self.iv[..]).is_ok();
+        if !same {
+            return Err(TlsRecordError::SecretMismatch);
+        }
+        self.secret = Some(TrafficSecret {
+            hash,
+            secret: Zeroizing::new(secret.to_vec()),
+        });
+        Ok(())
+    }
+
+    /// Moves to the next traffic secret (RFC 8446 §7.2) and its key and IV, from sequence
+    /// number 0; the old key, IV and secret are wiped.
+    fn update(&mut self) -> Result<(), TlsRecordError> {
+        let Some(old) = &self.secret else {
+            return Err(TlsRecordError::NoTrafficSecret);
+        };
+        let hash = old.hash;
+        let secret = expand_label(hash, &old.secret, b"traffic upd", hash.len());
+        let key = expand_label(hash, &secret, b"key", self.alg.key_len());
+        let iv = expand_label(hash, &secret, b"iv", NONCE_LEN);
+        let mut next = Self::new(self.alg, &key, &iv, 0)?;
+        next.secret = Some(TrafficSecret { hash, secret });
+        *self = next;
+        Ok(())
+    }
+
     /// The nonce of the next record (the IV XOR the sequence number, RFC 8446 §5.3); moves
     /// past it. A sequence number that would wrap ends the link.
     fn next_nonce(&mut self) -> Result<Nonce, TlsRecordError> {
         let seq = self.seq.ok_or(TlsRecordError::SequenceExhausted)?;
         self.seq = seq.checked_add(1);
-        let mut nonce = self.iv;
+        let mut nonce = *self.iv;
         for (n, s) in nonce[NONCE_LEN - 8..].iter_mut().zip(seq.to_be_bytes()) {
             *n ^= s;
         }
-        Ok(Nonce::assume_unique_for_key(nonce))
+        let nonce = Nonce::assume_unique_for_key(nonce);
+        Ok(nonce)
     }
 }
 
@@ -287,7 +362,13 @@ impl Direction {
 pub struct RecordLayer {
     send: Direction,
     recv: Direction,
-    limit: RecordLimit,
+    /// The peer asked for a KeyUpdate (`update_requested`): this side sends one before its
+    /// next record ([`RecordLayer::owes_key_update`]).
+    owe_update: bool,
+    /// KeyUpdates received since the last application data.
+    updates_in_a_row: u32,
+    sent_updates: u64,
+    received_updates: u64,
 }
 
 impl fmt::Debug for RecordLayer {
@@ -297,23 +378,71 @@ impl fmt::Debug for RecordLayer {
 }
 
 impl RecordLayer {
-    /// Takes over the traffic keys and sequence numbers of a finished rustls handshake,
-    /// whose negotiation set `limit` for both directions. Records rustls sent or received
-    /// before count: the sequences go on from there.
-    pub fn from_secrets(
-        secrets: ExtractedSecrets,
-        limit: RecordLimit,
-    ) -> Result<Self, TlsRecordError> {
+    /// Takes over the traffic keys and sequence numbers of a finished rustls handshake.
+    /// Records rustls sent or received before count: the sequences go on from there.
+    /// Without [`RecordLayer::set_traffic_secrets`] it can neither send nor follow a
+    /// KeyUpdate.
+    pub fn from_secrets(secrets: ExtractedSecrets) -> Result<Self, TlsRecordError> {
         Ok(Self {
             send: Direction::from_secrets(secrets.tx)?,
             recv: Direction::from_secrets(secrets.rx)?,
-            limit,
+            owe_update: false,
+            updates_in_a_row: 0,
+            sent_updates: 0,
+            received_updates: 0,
         })
     }
 
-    /// The size limit of this link's records.
-    pub fn limit(&self) -> RecordLimit {
-        self.limit
+    /// Gives the traffic secrets the keys in use came from (the handshake's
+    /// `*_application_traffic_secret_0`, which rustls reports through its key log), so
+    /// that this layer can update its keys. Each must produce the IV in use.
+    pub fn set_traffic_secrets(&mut self, tx: &[u8], rx: &[u8]) -> Result<(), TlsRecordError> {
+        self.send.set_secret(tx)?;
+        self.recv.set_secret(rx)
+    }
+
+    /// Whether the peer asked for a KeyUpdate that this side has not sent yet.
+    pub fn owes_key_update(&self) -> bool {
+        self.owe_update
+    }
+
+    /// KeyUpdates sent, and received, on this link.
+    pub fn key_updates(&self) -> (u64, u64) {
+        (self.sent_updates, self.received_updates)
+    }
+
+    /// Appends a KeyUpdate record sealed with the current key, then switches to the next
+    /// sending key: every record sealed after it uses the new one. `request` asks the peer
+    /// to update its own sending key too.
+    pub fn send_key_update(
+        &mut self,
+        out: &mut Vec<u8>,
+        request: bool,
+    ) -> Result<(), TlsRecordError> {
+        let value = if request {
+            UPDATE_REQUESTED
+        } else {
+            UPDATE_NOT_REQUESTED
+        };
+        if self.send.secret.is_none() {
+            return Err(TlsRecordError::NoTrafficSecret);
+        }
+        self.seal_all(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, value], out)?;
+        self.send.update()?;
+        self.owe_update = false;
+        self.sent_updates += 1;
+        Ok(())
+    }
+
+    /// Appends a fatal alert (or, for close_notify, the warning-level closure alert).
+    pub fn send_alert(
+        &mut self,
+        out: &mut Vec<u8>,
+        alert: AlertDescription,
+    ) -> Result<(), TlsRecordError> {
+        let code = u8::from(alert);
+        let level = if code == CLOSE_NOTIFY { WARNING } else { FATAL };
+        self.seal_all(ALERT, &[level, code], out)
     }
 
     /// Starts a record at the end of `buf`: appends a header placeholder and returns the
@@ -325,7 +454,7 @@ impl RecordLayer {
     }
 
     /// Seals the record begun at `start` in place (its content is `buf[start + 5..]`, at
-    /// most the limit's content bytes): appends the content type, encrypts, appends the tag and fills in
+    /// most 2^14 bytes): appends the content type, encrypts, appends the tag and fills in
     /// the header. On error the record is removed from `buf`.
     pub fn seal(
         &mut self,
@@ -345,7 +474,7 @@ impl RecordLayer {
         }
     }
 
-    /// Seals `buf[content]` (at most the limit's content bytes) as one record where it lies: the header
+    /// Seals `buf[content]` (at most 2^14 content bytes) as one record where it lies: the header
     /// goes into the 5 bytes before it, the content type and the tag into the 17 after it;
     /// returns the record's range. Both must lie inside `buf`.
     pub fn seal_slice(
@@ -355,9 +484,8 @@ impl RecordLayer {
         content_type: u8,
     ) -> Result<std::ops::Range<usize>, TlsRecordError> {
         let len = content.len();
-        let max = self.limit.max_content();
-        if len > max {
-            return Err(TlsRecordError::ContentTooLarge(len, max));
+        if len > MAX_CONTENT {
+            return Err(TlsRecordError::ContentTooLarge(len, MAX_CONTENT));
         }
         if content.start < HEADER_LEN || buf.len().saturating_sub(content.end) < 1 + TAG_LEN {
             return Err(TlsRecordError::NoRoom);
@@ -378,13 +506,14 @@ impl RecordLayer {
         let tag = self
             .send
             .key
+            .get()
             .seal_in_place_separate_tag(nonce, Aad::from(header), &mut buf[sealed.clone()])
             .map_err(|_| TlsRecordError::Encrypt)?;
         buf[sealed.end..sealed.end + TAG_LEN].copy_from_slice(tag.as_ref());
         Ok(start..sealed.end + TAG_LEN)
     }
 
-    /// Appends `data` to `out` as records of `content_type`, as large as the limit allows;
+    /// Appends `data` to `out` as records of `content_type`, of up to 2^14 bytes;
     /// empty `data` is one empty record.
     pub fn seal_all(
         &mut self,
@@ -394,7 +523,7 @@ impl RecordLayer {
     ) -> Result<(), TlsRecordError> {
         let mut rest = data;
         loop {
-            let (chunk, tail) = rest.split_at(rest.len().min(self.limit.max_content()));
+            let (chunk, tail) = rest.split_at(rest.len().min(MAX_CONTENT));
             let start = Self::begin(out);
             out.extend_from_slice(chunk);
             self.seal(out, start, content_type)?;
@@ -406,7 +535,7 @@ impl RecordLayer {
     }
 
     /// Checks the header at the start of `input` and returns the whole record's length,
-    /// header included; `None` until 5 bytes are there. A length over the link's limit is
+    /// header included; `None` until 5 bytes are there. A length over 2^14 + 256 is
     /// refused before its record has arrived.
     pub fn record_len(&self, input: &[u8]) -> Result<Option<usize>, TlsRecordError> {
         let Some(h) = input.get(..HEADER_LEN) else {
@@ -419,9 +548,8 @@ impl RecordLayer {
             return Err(TlsRecordError::Version(u16::from_be_bytes([h[1], h[2]])));
         }
         let len = u16::from_be_bytes([h[3], h[4]]) as usize;
-        let max = self.limit.max_ciphertext();
-        if len > max {
-            return Err(TlsRecordError::Oversized(len, max));
+        if len > MAX_CIPHERTEXT {
+            return Err(TlsRecordError::Oversized(len, MAX_CIPHERTEXT));
         }
         if len <= TAG_LEN {
             return Err(TlsRecordError::TooShort(len));
@@ -431,9 +559,11 @@ impl RecordLayer {
 
     /// Opens one whole record (header and ciphertext, exactly [`RecordLayer::record_len`]
     /// bytes) in place and returns the length of its application data, which then lies at
-    /// `record[5..5 + n]`. Every other content type is an error: close_notify is
-    /// [`TlsRecordError::CloseNotify`], other alerts are named, handshake messages are
-    /// refused.
+    /// `record[5..5 + n]`. A KeyUpdate is followed (the records after it are opened with
+    /// the next key; one that asks for it makes [`RecordLayer::owes_key_update`] true) and
+    /// gives 0 bytes. Every other content type is an error: close_notify is
+    /// [`TlsRecordError::CloseNotify`], other alerts are named, other handshake messages
+    /// are refused.
     pub fn open(&mut self, record: &mut [u8]) -> Result<usize, TlsRecordError> {
         match self.record_len(record)? {
             Some(len) if len == record.len() => {}
@@ -444,9 +574,10 @@ impl RecordLayer {
         let plain = self
             .recv
             .key
+            .get()
             .open_in_place(nonce, Aad::from(&*header), body)
             .map_err(|_| TlsRecordError::Decrypt)?;
-        let max = self.limit.max_content() + 1;
+        let max = MAX_CONTENT + 1;
         if plain.len() > max {
             return Err(TlsRecordError::PlaintextOversized(plain.len(), max));
         }
@@ -456,13 +587,36 @@ impl RecordLayer {
         };
         let content = &plain[..type_at];
         match plain[type_at] {
-            APPLICATION_DATA => Ok(type_at),
+            APPLICATION_DATA => {
+                self.updates_in_a_row = 0;
+                Ok(type_at)
+            }
             ALERT => Err(match *content {
                 [WARNING | FATAL, CLOSE_NOTIFY] => TlsRecordError::CloseNotify,
                 [_, description] => TlsRecordError::Alert(AlertDescription::from(description)),
                 _ => TlsRecordError::MalformedAlert(content.len()),
             }),
-            HANDSHAKE => Err(TlsRecordError::PostHandshake(content.first().copied())),
+            HANDSHAKE => match *content {
+                // One whole KeyUpdate, alone in its record: RFC 8446 §5.1 forbids a
+                // handshake message across a key change.
+                [KEY_UPDATE, 0, 0, 1, request] => {
+                    if request > UPDATE_REQUESTED {
+                        return Err(TlsRecordError::MalformedKeyUpdate);
+                    }
+                    self.updates_in_a_row += 1;
+                    if self.updates_in_a_row > MAX_KEY_UPDATES_IN_A_ROW {
+                        return Err(TlsRecordError::TooManyKeyUpdates);
+                    }
+                    self.recv.update()?;
+                    self.received_updates += 1;
+                    if request == UPDATE_REQUESTED {
+                        self.owe_update = true;
+                    }
+                    Ok(0)
+                }
+                [KEY_UPDATE, ..] => Err(TlsRecordError::MalformedKeyUpdate),
+                _ => Err(TlsRecordError::PostHandshake(content.first().copied())),
+            },
             other => Err(TlsRecordError::ContentType(other)),
         }
     }
@@ -482,12 +636,12 @@ fn mux_len(buf: &[u8]) -> Result<Option<usize>, TlsRecordError> {
 
 /// A tls link's record layer as its driver uses it: mux records (`u16 length ‖ frames`)
 /// carried as TLS application data, one mux record per TLS record when sending (at most
-/// [`RecordLimit::max_mux_record`] frame bytes).
+/// [`MAX_MUX_RECORD`] frame bytes).
 ///
 /// Receiving accepts any split of the byte stream into TLS records: a mux record within one
 /// TLS record (always, from this code) is handed on as a slice of the read buffer; one that
-/// spans TLS records (from older meshd versions, whose rustls split 64 KiB mux records into
-/// four) is assembled, a copy.
+/// spans TLS records (from another TLS stack, such as a client writing mux records through
+/// rustls) is assembled, a copy.
 pub struct TlsRecords {
     layer: RecordLayer,
     /// Opened application data not yet handed on: a slice of the read buffer.
@@ -517,7 +671,7 @@ impl TlsRecords {
     }
 
     /// Starts a mux record at the end of `buf` (a TLS header and the mux length
-    /// placeholders) and returns its start; at most [`Self::max_mux_record`] frame bytes
+    /// placeholders) and returns its start; at most [`MAX_MUX_RECORD`] frame bytes
     /// follow.
     pub fn begin_record(buf: &mut Vec<u8>) -> usize {
         let start = RecordLayer::begin(buf);
@@ -525,14 +679,19 @@ impl TlsRecords {
         start
     }
 
-    /// Most frame bytes of one mux record on this link.
-    pub fn max_mux_record(&self) -> usize {
-        self.layer.limit.max_mux_record()
+    /// The record layer.
+    pub fn layer(&self) -> &RecordLayer {
+        &self.layer
     }
 
-    /// The size limit of this link's records.
-    pub fn limit(&self) -> RecordLimit {
-        self.layer.limit
+    /// The record layer, for key updates and alerts.
+    pub fn layer_mut(&mut self) -> &mut RecordLayer {
+        &mut self.layer
+    }
+
+    /// See [`RecordLayer::owes_key_update`].
+    pub fn owes_key_update(&self) -> bool {
+        self.layer.owes_key_update()
     }
 
     /// See [`RecordLayer::record_len`].
@@ -544,7 +703,7 @@ impl TlsRecords {
     pub fn seal_record(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<(), TlsRecordError> {
         let at = start + HEADER_LEN;
         let frames = buf.len() - at - 2;
-        if frames == 0 || frames > self.max_mux_record() {
+        if frames == 0 || frames > MAX_MUX_RECORD {
             buf.truncate(start);
             return Err(TlsRecordError::MuxRecordLength(frames));
         }
@@ -561,7 +720,7 @@ impl TlsRecords {
         frames: std::ops::Range<usize>,
     ) -> Result<std::ops::Range<usize>, TlsRecordError> {
         let len = frames.len();
-        if len == 0 || len > self.max_mux_record() {
+        if len == 0 || len > MAX_MUX_RECORD {
             return Err(TlsRecordError::MuxRecordLength(len));
         }
         if frames.start < HEADER_LEN + 2 {
@@ -574,7 +733,7 @@ impl TlsRecords {
 
     /// Appends a close_notify alert.
     pub fn close(&mut self, buf: &mut Vec<u8>) -> Result<(), TlsRecordError> {
-        self.layer.seal_all(ALERT, &[WARNING, CLOSE_NOTIFY], buf)
+        self.layer.send_alert(buf, AlertDescription::CloseNotify)
     }
 
     /// Whether opened application data waits to be taken.

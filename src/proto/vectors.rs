@@ -16,10 +16,11 @@ use bytes::{Bytes, BytesMut};
 use rustls::crypto::cipher::{AeadKey, Iv};
 use rustls::{ConnectionTrafficSecrets, ExtractedSecrets};
 
-use super::frame::{self, Frame, OpenError, ResetCode};
+use super::frame::{self, Frame, OpenError, RekeyStep, ResetCode};
 use super::handshake::{self, PairParams, Preamble, MAX_HANDSHAKE_MSG, PREAMBLE_LEN, TAG_LEN};
 use super::mux::{self, Event, Mux, MuxConfig, Role};
-use super::tls_record::{RecordLayer, RecordLimit, TlsRecords};
+use super::rekey;
+use super::tls_record::{RecordLayer, TlsRecords};
 use crate::config::{AuthMode, PeerName};
 use crate::keys::{MeshSecret, PrivateKey};
 
@@ -200,8 +201,16 @@ fn frames() {
         ("pong", Frame::Pong { nonce: 1 }),
         ("goaway", Frame::GoAway { reason: 0 }),
         ("settings", Frame::Settings { window: 262_144 }),
+        (
+            "rekey",
+            Frame::Rekey {
+                step: RekeyStep::Offer,
+                epoch: 1,
+                key: counting(0x40),
+            },
+        ),
     ];
-    assert_eq!(frames.len(), 11, "one per frame type");
+    assert_eq!(frames.len(), 12, "one per frame type");
     for (name, f) in &frames {
         let bytes = encoded(f);
         assert_eq!(
@@ -242,6 +251,39 @@ fn frames() {
     let mut greeting = Vec::new();
     mux::encode_greeting(&mut greeting);
     v.put("tls_greeting_frames", &greeting);
+    v.check();
+}
+
+/// The re-key derivation (docs/PROTOCOL.md, re-keying) on fixed inputs.
+#[test]
+fn rekey_derivation() {
+    let mut v = Vectors::new(
+        "rekey.hex",
+        "The re-key derivation of noise/psk links (src/proto/rekey.rs) on fixed inputs:\n\
+         chain0 from the handshake hash h and Split() keys k1, k2; epoch 1 from chain0,\n\
+         the X25519 result and both public keys.",
+    );
+    let (h, k1, k2) = (
+        counting::<32>(0x11),
+        counting::<32>(0x22),
+        counting::<32>(0x33),
+    );
+    let (shared, e_d, e_a) = (
+        counting::<32>(0x44),
+        counting::<32>(0x55),
+        counting::<32>(0x66),
+    );
+    for (key, value) in [("h", &h), ("k1", &k1), ("k2", &k2), ("shared", &shared)] {
+        v.put(key, value);
+    }
+    v.put("dialer_public", &e_d);
+    v.put("acceptor_public", &e_a);
+    let chain0 = rekey::initial_chain(&h, &k1, &k2);
+    v.put("chain0", &chain0[..]);
+    let (d2a, a2d, chain1) = rekey::derive(&chain0, &shared, 1, &e_d, &e_a);
+    v.put("key_d2a", d2a.bytes());
+    v.put("key_a2d", a2d.bytes());
+    v.put("chain1", &chain1[..]);
     v.check();
 }
 
@@ -404,7 +446,7 @@ fn tls_greeting_record() {
             tx: (0, tx),
             rx: (0, rx),
         };
-        RecordLayer::from_secrets(secrets, RecordLimit::Standard).expect("layer")
+        RecordLayer::from_secrets(secrets).expect("layer")
     };
     let mut acceptor = TlsRecords::new(
         layer(aes256(a_key, a_iv), aes256(d_key, d_iv)),

@@ -326,9 +326,6 @@ impl TlsMaterial {
         // An established link's records run in our own record layer
         // (proto::tls_record), with the keys taken out of rustls after the handshake.
         server.enable_secret_extraction = true;
-        // Offered by every meshd dialer: large records (proto::tls_record::RecordLimit).
-        // A dialer that offers no ALPN (an older meshd) still gets standard records.
-        server.alpn_protocols = vec![crate::proto::tls_record::LARGE_RECORDS_ALPN.to_vec()];
 
         let mut client = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&tls13)
@@ -350,8 +347,6 @@ impl TlsMaterial {
         client.resumption = Resumption::disabled();
         client.enable_early_data = false;
         client.enable_secret_extraction = true;
-        // An acceptor that does not choose it (an older meshd) gives standard records.
-        client.alpn_protocols = vec![crate::proto::tls_record::LARGE_RECORDS_ALPN.to_vec()];
 
         Ok(Self {
             client: Arc::new(client),

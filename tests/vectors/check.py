@@ -71,9 +71,9 @@ def check_handshake(file, mode):
     }[mode]
     mesh_id, dialer, acceptor = v["mesh_id"], v["dialer"], v["acceptor"]
 
-    preamble = b"MSHD" + bytes([2, code, len(dialer), 0]) + dialer.ljust(64, b"\0")
+    preamble = b"MSHD" + bytes([3, code, len(dialer), 0]) + dialer.ljust(64, b"\0")
     same(f"{file} preamble", v["preamble"], preamble)
-    prologue = b"meshd prologue" + bytes([2, code])
+    prologue = b"meshd prologue" + bytes([3, code])
     for part in (mesh_id, dialer, acceptor):
         prologue += u16(len(part)) + part
     same(f"{file} prologue", v["prologue"], prologue)
@@ -141,7 +141,7 @@ def check_frames():
     v = load("frames.hex")
     types = {
         "open": 1, "open_ok": 2, "open_err": 3, "data": 4, "window": 5, "fin": 6,
-        "rst": 7, "ping": 8, "pong": 9, "goaway": 10, "settings": 11,
+        "rst": 7, "ping": 8, "pong": 9, "goaway": 10, "settings": 11, "rekey": 12,
     }
     for key, t in types.items():
         frame = v[key]
@@ -152,11 +152,34 @@ def check_frames():
         same(f"frames {key} stream 0 rule", bytes([stream == 0]), bytes([link_frame]))
     same("frames settings window", v["settings"][11:], struct.pack(">I", 262144))
     same("frames first_record", v["first_record"], v["settings"])
+    # REKEY: step u8 (1 = OFFER), epoch u32, X25519 public key.
+    same("frames rekey payload", v["rekey"][11:], bytes([1]) + struct.pack(">I", 1) + bytes(range(0x40, 0x60)))
+
+
+def hkdf_extract(salt, ikm):
+    return hmac.new(salt, ikm, hashlib.sha256).digest()
+
+
+def hkdf_expand32(prk, info):
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+
+
+def check_rekey():
+    """The re-key derivation of docs/PROTOCOL.md with Python's hmac."""
+    v = load("rekey.hex")
+    chain0 = hkdf_expand32(hkdf_extract(v["h"], v["k1"] + v["k2"]), b"meshd rekey chain 0")
+    same("rekey chain0", v["chain0"], chain0)
+    prk = hkdf_extract(chain0, v["shared"])
+    tail = struct.pack(">I", 1) + v["dialer_public"] + v["acceptor_public"]
+    same("rekey key_d2a", v["key_d2a"], hkdf_expand32(prk, b"meshd rekey d2a" + tail))
+    same("rekey key_a2d", v["key_a2d"], hkdf_expand32(prk, b"meshd rekey a2d" + tail))
+    same("rekey chain1", v["chain1"], hkdf_expand32(prk, b"meshd rekey chain" + tail))
 
 
 check_frames()
 check_handshake("noise.hex", "noise")
 check_handshake("psk.hex", "psk")
 check_tls()
+check_rekey()
 print(f"vectors: {checked - failed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

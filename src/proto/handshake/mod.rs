@@ -21,7 +21,7 @@ pub use session::{RecordError, Session, MAX_RECORD_CIPHERTEXT, MAX_RECORD_PLAINT
 /// First bytes of every link connection.
 pub const MAGIC: [u8; 4] = *b"MSHD";
 /// Protocol version carried in the preamble and bound into the prologue.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Size of the fixed preamble: magic, version, mode, name length, reserved, name (64).
 pub const PREAMBLE_LEN: usize = 72;
 /// Largest handshake message accepted before authentication (the pre-auth byte cap).

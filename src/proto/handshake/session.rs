@@ -12,10 +12,12 @@
 
 use std::fmt;
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use zeroize::Zeroize;
+use ring::aead::{Aad, Nonce, AES_256_GCM};
+use zeroize::{Zeroize, Zeroizing};
 
 use super::HandshakeError;
+use crate::proto::aead_key::AeadKey;
+use crate::proto::rekey::{self, NewKey};
 
 /// AEAD tag bytes per record.
 pub const TAG_LEN: usize = 16;
@@ -41,21 +43,18 @@ pub enum RecordError {
     NoRoom,
 }
 
-/// One direction's Noise cipher state.
+/// One direction's Noise cipher state; its key schedule is wiped when it is replaced or
+/// dropped.
 struct CipherState {
-    key: LessSafeKey,
+    key: AeadKey,
     nonce: u64,
 }
 
 impl CipherState {
-    fn new(mut raw: [u8; 32]) -> Result<Self, HandshakeError> {
-        let key = UnboundKey::new(&AES_256_GCM, &raw)
-            .map_err(|_| HandshakeError::Local("bad transport key".into()));
-        raw.zeroize();
-        Ok(Self {
-            key: LessSafeKey::new(key?),
-            nonce: 0,
-        })
+    fn new(raw: &[u8; 32]) -> Result<Self, HandshakeError> {
+        let key = AeadKey::new(&AES_256_GCM, raw)
+            .map_err(|_| HandshakeError::Local("bad transport key".into()))?;
+        Ok(Self { key, nonce: 0 })
     }
 
     /// The next nonce; Noise reserves 2^64 - 1, so the link must end before it.
@@ -74,6 +73,8 @@ impl CipherState {
 pub struct Session {
     send: CipherState,
     recv: CipherState,
+    /// The first chain value of the link's re-keys ([`rekey`]), until the driver takes it.
+    rekey_chain: Zeroizing<[u8; 32]>,
 }
 
 impl fmt::Debug for Session {
@@ -88,16 +89,39 @@ impl Session {
             return Err(HandshakeError::Local("handshake not finished".into()));
         }
         // Split(): the initiator sends with the first key, the responder with the second.
-        let (k1, k2) = state.dangerously_get_raw_split();
+        let (mut k1, mut k2) = state.dangerously_get_raw_split();
+        let chain = rekey::initial_chain(state.get_handshake_hash(), &k1, &k2);
         let (send, recv) = if state.is_initiator() {
-            (k1, k2)
+            (&k1, &k2)
         } else {
-            (k2, k1)
+            (&k2, &k1)
         };
+        let (send, recv) = (CipherState::new(send), CipherState::new(recv));
+        k1.zeroize();
+        k2.zeroize();
         Ok(Self {
-            send: CipherState::new(send)?,
-            recv: CipherState::new(recv)?,
+            send: send?,
+            recv: recv?,
+            rekey_chain: chain,
         })
+    }
+
+    /// Takes the first chain value of this link's re-keys; the session keeps zeros (the
+    /// driver takes it once, when the link starts).
+    pub fn take_rekey_chain(&mut self) -> Zeroizing<[u8; 32]> {
+        std::mem::take(&mut self.rekey_chain)
+    }
+
+    /// Seals every later record with `key`, from nonce 0; the old key is wiped.
+    pub fn switch_send(&mut self, key: &NewKey) -> Result<(), HandshakeError> {
+        self.send = CipherState::new(key.bytes())?;
+        Ok(())
+    }
+
+    /// Opens every later record with `key`, from nonce 0; the old key is wiped.
+    pub fn switch_recv(&mut self, key: &NewKey) -> Result<(), HandshakeError> {
+        self.recv = CipherState::new(key.bytes())?;
+        Ok(())
     }
 
     /// Starts a record at the end of `buf`: appends the 2-byte length placeholder and
@@ -143,6 +167,7 @@ impl Session {
         let tag = self
             .send
             .key
+            .get()
             .seal_in_place_separate_tag(nonce, Aad::empty(), &mut buf[plain.clone()])
             .map_err(|_| RecordError::Encrypt)?;
         buf[plain.end..plain.end + TAG_LEN].copy_from_slice(tag.as_ref());
@@ -167,6 +192,7 @@ impl Session {
         let nonce = self.recv.next_nonce().ok_or(RecordError::Decrypt)?;
         self.recv
             .key
+            .get()
             .open_in_place(nonce, Aad::empty(), ciphertext)
             .map(|plain| plain.len())
             .map_err(|_| RecordError::Decrypt)
