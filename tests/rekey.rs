@@ -342,3 +342,54 @@ async fn a_plain_rustls_peer_follows_and_makes_key_updates_and_gets_close_notify
     assert!(state.peer_has_closed(), "rustls saw no close_notify");
     eprintln!("rustls peer: {lines} lines echoed across {counted} key changes ({client_updates} by the client)");
 }
+
+/// A record that fails to decrypt ends the link with meshd's `bad_record_mac` alert, which
+/// a plain rustls peer reads by name (RFC 8446 §6.2), instead of a bare close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_fails_to_decrypt_gets_a_bad_record_mac_alert() {
+    let echo = EchoServer::start().await;
+    let mut mesh = builder("tls")
+        .service("a", "echo", echo.addr(), &["b"])
+        .peer("b")
+        .build();
+    mesh.start("a");
+    mesh.wait_for_log("a", "meshd ready", LINK_UP).await;
+    let ca = mesh.ca();
+    let cert = meshd::tls::certgen::issue(
+        &ca.cert_pem,
+        &ca.key_pem,
+        "b",
+        meshd::tls::certgen::Validity::days_from_now(2),
+    )
+    .expect("issue b");
+    let ca = ca.cert_pem.clone();
+    let tcp = rogue::tls_preamble_sent(mesh.mesh_addr("a"), "b").await;
+    let mut tls = rogue::tls_link_up(tcp, "a", &ca, &cert).await;
+    // Beneath rustls: an application data record of 40 bytes that no key sealed.
+    let mut forged = vec![0x17, 0x03, 0x03, 0, 40];
+    forged.extend_from_slice(&[0x5A; 40]);
+    tls.get_mut()
+        .0
+        .write_all(&forged)
+        .await
+        .expect("write the forged record");
+    let err = within(Duration::from_secs(5), "the acceptor's alert", async {
+        loop {
+            if let Err(e) = rogue::read_mux_record(&mut tls, |_| {}).await {
+                return e;
+            }
+        }
+    })
+    .await;
+    let rustls_err = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .cloned();
+    assert_eq!(
+        rustls_err,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadRecordMac
+        )),
+        "{err:?}"
+    );
+}

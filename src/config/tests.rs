@@ -216,6 +216,41 @@ fn limits_are_read_and_range_checked() {
 }
 
 #[test]
+fn rekey_limits_default_and_are_range_checked() {
+    let f = Fixture::new();
+    f.good_manifest();
+    let l = f.manifest().expect("valid").mesh.limits;
+    assert_eq!(l.rekey, crate::proto::rekey::RekeyPolicy::default());
+    assert_eq!(
+        (l.rekey.interval, l.rekey.bytes, l.rekey.timeout),
+        (Duration::from_secs(120), 16 << 30, Duration::from_secs(10))
+    );
+    f.write(
+        "peers/mesh.toml",
+        "mesh_id = \"example\"\n[limits]\nrekey_interval_ms = 1000\nrekey_bytes = 1048576\nrekey_timeout_ms = 100\n",
+    );
+    let l = f.manifest().expect("valid").mesh.limits;
+    assert_eq!(
+        (l.rekey.interval, l.rekey.bytes, l.rekey.timeout),
+        (Duration::from_secs(1), 1 << 20, Duration::from_millis(100))
+    );
+    f.write(
+        "peers/mesh.toml",
+        "mesh_id = \"example\"\n[limits]\nrekey_interval_ms = 999\nrekey_bytes = 274877906945\nrekey_timeout_ms = 0\n",
+    );
+    let diags = errors(f.manifest());
+    for (field, line, range) in [
+        ("limits.rekey_interval_ms", 3, "1000 to 86400000"),
+        ("limits.rekey_bytes", 4, "1048576 to 274877906944"),
+        ("limits.rekey_timeout_ms", 5, "100 to 600000"),
+    ] {
+        let d = find(&diags, "peers/mesh.toml", field);
+        assert_eq!(d.line, Some(line), "{d}");
+        assert!(d.message.contains(range), "{d}");
+    }
+}
+
+#[test]
 fn mesh_settings_errors() {
     let f = Fixture::new();
     f.good_manifest();
