@@ -393,3 +393,48 @@ async fn a_record_that_fails_to_decrypt_gets_a_bad_record_mac_alert() {
         "{err:?}"
     );
 }
+
+/// An idle link (no stream, pings every 5 s) re-keys every second and stays up, though
+/// the peer's part comes within 500 ms and no data record follows it: a tls peer's
+/// answering KeyUpdate is the last record it sends until its next ping.
+async fn an_idle_link_rekeys_and_stays_up(auth: &str) {
+    let echo = EchoServer::start().await;
+    let mut mesh = builder(auth)
+        .mesh_toml(
+            "[limits]\nrekey_interval_ms = 1000\nrekey_timeout_ms = 500\nping_interval_ms = 5000\n",
+        )
+        .service("a", "echo", echo.addr(), &["b"])
+        .forward("b", "a/echo")
+        .build();
+    mesh.start_all();
+    mesh.wait_link_up("b", "a", LINK_UP).await;
+    mesh.wait_link_up("a", "b", LINK_UP).await;
+    eventually(
+        Duration::from_secs(12),
+        "six re-keys on the idle link",
+        || rekeys(&mesh, "b", "a") >= 6.0 && rekeys(&mesh, "a", "b") >= 6.0,
+    )
+    .await;
+    for (name, peer) in [("a", "b"), ("b", "a")] {
+        let text = metrics_text(mesh.admin_addr(name));
+        assert_eq!(
+            sample(
+                &text,
+                &format!("meshd_link_established_total{{peer=\"{peer}\"}}")
+            ),
+            1.0,
+            "{auth}: {name}'s link to {peer} was cut and redialed:\n{}",
+            mesh.log(name)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_noise_link_rekeys_and_stays_up() {
+    an_idle_link_rekeys_and_stays_up("noise").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_link_rekeys_and_stays_up() {
+    an_idle_link_rekeys_and_stays_up("tls").await;
+}

@@ -569,6 +569,11 @@ impl Driver {
             // Opened inside the read buffer; a mux record within one TLS record (every one
             // this code sends) goes to the mux without a copy.
             let Some(record) = tls.next_record(&mut self.rbuf)? else {
+                // A KeyUpdate may have been the last record read: it carries no mux record.
+                if let KeySchedule::Tls(updates) = &mut self.keys {
+                    updates.after_record(tls.layer());
+                }
+                self.report_rekeys();
                 return Ok(());
             };
             let len = record.len();
