@@ -190,7 +190,7 @@ fn bad_usages() -> Vec<(&'static str, Vec<Ku>, Vec<Eku>, &'static str)> {
             "no usage extensions at all",
             vec![],
             vec![],
-            "no key usage extension",
+            "no extended key usage extension",
         ),
         (
             "keyCertSign only",
@@ -360,7 +360,7 @@ fn every_reason_is_listed() {
         rustls::Error::InvalidCertificate(CertificateError::Revoked),
         rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
         rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
-            UsageError::NoKeyUsage,
+            UsageError::NoExtendedKeyUsage,
         )))),
         rustls::Error::NoCertificatesPresented,
         rustls::Error::AlertReceived(AlertDescription::BadCertificate),
@@ -376,5 +376,162 @@ fn every_reason_is_listed() {
         seen.len(),
         REASONS.len(),
         "a listed reason no error produces"
+    );
+}
+
+/// Runs the `openssl` command line in `dir`, as a site's own CA would; panics with its
+/// output when it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A leaf certificate for `name` from the openssl CA in `dir`, with `extensions` (an
+/// openssl extension file's lines); its key is made 0600 as meshd requires.
+fn openssl_leaf(dir: &std::path::Path, name: &str, extensions: &str) -> TlsFiles {
+    let ext = format!("{name}.ext");
+    fs::write(dir.join(&ext), extensions).expect("write the extension file");
+    let (key, csr, crt) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &crt,
+            "-extfile",
+            &ext,
+        ],
+    );
+    fs::set_permissions(dir.join(&key), fs::Permissions::from_mode(0o600)).expect("chmod");
+    TlsFiles {
+        cert: dir.join(crt),
+        cert_key: dir.join(key),
+        ca: dir.join("ca.crt"),
+    }
+}
+
+/// A site CA made with plain `openssl req -x509` and leaves made with `openssl x509 -req`
+/// carrying `extendedKeyUsage = serverAuth,clientAuth` and no keyUsage extension: meshd
+/// loads them, and a handshake between two of them verifies both ways. A leaf whose
+/// keyUsage is present and lacks digitalSignature is still refused.
+#[test]
+fn certificates_made_by_the_openssl_command_line_without_key_usage_work() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=site CA",
+        ],
+    );
+    let leaf_ext =
+        |n: &str| format!("subjectAltName = DNS:{n}\nextendedKeyUsage = serverAuth,clientAuth\n");
+    let a = openssl_leaf(dir, "a", &leaf_ext("a"));
+    let b = openssl_leaf(dir, "b", &leaf_ext("b"));
+    let pem = fs::read_to_string(&a.cert).expect("read a.crt");
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("a.crt");
+    let usage = CertUsage::of(&der).expect("usages");
+    assert_eq!(
+        usage.key_usage, None,
+        "openssl made a keyUsage: the test proves nothing"
+    );
+
+    let a = TlsMaterial::load(&a, &name("a"), &[]).expect("a site CA's certificate loads");
+    let b = TlsMaterial::load(&b, &name("b"), &[]).expect("a site CA's certificate loads");
+    // b dials a, in memory: both verifiers accept the other's certificate.
+    let mut client: rustls::Connection =
+        rustls::ClientConnection::new(b.client_config(), ServerName::try_from("a").expect("name"))
+            .expect("client")
+            .into();
+    let mut server: rustls::Connection = rustls::ServerConnection::new(a.server_config())
+        .expect("server")
+        .into();
+    for _ in 0..10 {
+        let mut buf = Vec::new();
+        client.write_tls(&mut buf).expect("client writes");
+        server.read_tls(&mut &buf[..]).expect("server reads");
+        server
+            .process_new_packets()
+            .expect("the acceptor verifies b");
+        let mut buf = Vec::new();
+        server.write_tls(&mut buf).expect("server writes");
+        client.read_tls(&mut &buf[..]).expect("client reads");
+        client.process_new_packets().expect("the dialer verifies a");
+        if !client.is_handshaking() && !server.is_handshaking() {
+            break;
+        }
+    }
+    assert!(
+        !client.is_handshaking() && !server.is_handshaking(),
+        "no handshake"
+    );
+    assert!(server.peer_certificates().is_some());
+
+    let c = openssl_leaf(
+        dir,
+        "c",
+        "subjectAltName = DNS:c\nkeyUsage = keyEncipherment\nextendedKeyUsage = serverAuth,clientAuth\n",
+    );
+    let err =
+        TlsMaterial::load(&c, &name("c"), &[]).expect_err("keyUsage without digitalSignature");
+    assert!(
+        err.message
+            .contains("lacks digitalSignature key usage (it has keyEncipherment)"),
+        "{}",
+        err.message
     );
 }

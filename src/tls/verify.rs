@@ -5,8 +5,10 @@
 //! extension is present, so on its own it accepts a certificate of the mesh CA that was
 //! made for another purpose (no usages at all, a CA-style keyCertSign, keyEncipherment
 //! only). Every mesh peer is both a TLS server and a TLS client, so a peer certificate
-//! must carry KeyUsage with digitalSignature and an EKU with both serverAuth and
-//! clientAuth, which is what `meshctl cert issue` makes ([`check_peer_usage`]).
+//! must carry an EKU with both serverAuth and clientAuth, and a KeyUsage, if it has one,
+//! must include digitalSignature: an absent KeyUsage restricts nothing (RFC 5280
+//! §4.2.1.3), and a site CA made with plain `openssl` often leaves it out. `meshctl cert
+//! issue` makes both ([`check_peer_usage`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -23,9 +25,6 @@ pub enum UsageError {
     /// The certificate or its usage extensions did not parse.
     #[error("cannot read the certificate's key usage: {0}")]
     Unreadable(String),
-    /// No KeyUsage extension.
-    #[error("certificate has no key usage extension (a mesh peer needs digitalSignature)")]
-    NoKeyUsage,
     /// KeyUsage without digitalSignature.
     #[error("certificate lacks digitalSignature key usage (it has {has})")]
     NoDigitalSignature {
@@ -129,13 +128,15 @@ impl CertUsage {
         })
     }
 
-    /// Whether these usages fit a mesh peer: digitalSignature, serverAuth and clientAuth.
+    /// Whether these usages fit a mesh peer: serverAuth and clientAuth, and
+    /// digitalSignature among the key usages when the certificate restricts them.
     pub fn check_peer(&self) -> Result<(), UsageError> {
-        let ku = self.key_usage.as_ref().ok_or(UsageError::NoKeyUsage)?;
-        if !ku.contains(&"digitalSignature") {
-            return Err(UsageError::NoDigitalSignature {
-                has: list_or_none(ku),
-            });
+        if let Some(ku) = &self.key_usage {
+            if !ku.contains(&"digitalSignature") {
+                return Err(UsageError::NoDigitalSignature {
+                    has: list_or_none(ku),
+                });
+            }
         }
         let eku = self
             .extended
