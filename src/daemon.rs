@@ -43,6 +43,9 @@ pub enum DaemonError {
     /// The durable handshake state could not be opened.
     #[error(transparent)]
     State(#[from] link::replay::ReplayError),
+    /// The state directory is not safe to keep the handshake marks in.
+    #[error("state_dir: {0}")]
+    StateDir(crate::keys::KeyError),
     /// A reload asked for a change that needs a restart.
     #[error("{0} cannot change on reload; restart meshd to apply it")]
     NeedsRestart(&'static str),
@@ -229,6 +232,7 @@ impl Daemon {
     /// everything is bound; the daemon runs until [`Daemon::shutdown`] or `cancel`.
     pub async fn start(cfg: Config, cancel: CancellationToken) -> Result<Self, DaemonError> {
         let replay = Arc::new(ReplayStore::open(&cfg.host.state_dir)?);
+        crate::keys::check_state_dir(&cfg.host.state_dir).map_err(DaemonError::StateDir)?;
         let tracker = TaskTracker::new();
         let mesh_listener =
             TcpListener::bind(cfg.listen)

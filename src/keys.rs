@@ -41,6 +41,45 @@ pub enum KeyError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A key file is a symbolic link.
+    #[error(
+        "{path}: is a symbolic link; meshd reads secrets only from the file itself (point the \
+         configuration at it)"
+    )]
+    Symlink {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// A key file is not a regular file, or the state directory not a directory.
+    #[error("{path}: not a regular file (or, for state_dir, not a directory)")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A key file or the state directory belongs to another user.
+    #[error(
+        "{path}: owned by uid {owner}, but meshd runs as uid {me}; a secret must belong to the \
+         user that reads it (`chown` it)"
+    )]
+    Owner {
+        /// The path.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// This process's effective uid.
+        me: u32,
+    },
+    /// The state directory can be written by group or others.
+    #[error(
+        "{path}: mode {mode:04o} lets other users write meshd's state (its handshake replay \
+         marks); fix it with `chmod 700 {path}`"
+    )]
+    StateDirWritable {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A key file does not hold a base64 32-byte key.
     #[error("{path}: not a key file: expected one line of base64 holding {KEY_LEN} bytes")]
     BadKeyFile {
@@ -253,17 +292,115 @@ fn check_mode(path: &Path, meta: &fs::Metadata) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// Reads a 32-byte secret from a file holding one line of base64 (or exactly 32 raw bytes,
-/// for a mesh secret made with `head -c 32 /dev/urandom`). The file must be mode 0600 or
-/// stricter.
-fn read_secret_file(path: &Path) -> Result<[u8; KEY_LEN], KeyError> {
+/// The effective user id of this process.
+#[allow(unsafe_code)]
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments, touches no memory of ours and cannot fail
+    // (POSIX: "always successful").
+    unsafe { libc::geteuid() }
+}
+
+/// Opens a secret file once and checks the open file itself, so that what is checked is
+/// what is read (no swap between a check by name and the read): not a symbolic link (the
+/// open refuses one), a regular file, owned by the user meshd runs as, and not readable
+/// by group or others.
+fn open_secret_file(path: &Path) -> Result<fs::File, KeyError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let io = |source| KeyError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let meta = fs::metadata(path).map_err(io)?;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                KeyError::Symlink {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                io(e)
+            }
+        })?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(KeyError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let me = effective_uid();
+    if meta.uid() != me {
+        return Err(KeyError::Owner {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
+    }
     check_mode(path, &meta)?;
-    let mut raw = fs::read(path).map_err(io)?;
+    Ok(file)
+}
+
+/// Reads a whole secret file (at most `limit` bytes) with the checks of
+/// [`open_secret_file`]: for key files other than meshd's own (a TLS private key).
+pub fn read_secret_bytes(path: &Path, limit: u64) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyError> {
+    use std::io::Read;
+    let mut file = open_secret_file(path)?;
+    let mut raw = zeroize::Zeroizing::new(Vec::new());
+    (&mut file)
+        .take(limit)
+        .read_to_end(&mut raw)
+        .map_err(|source| KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(raw)
+}
+
+/// Checks meshd's state directory: a directory owned by the user meshd runs as that no
+/// one else can write (its handshake marks are what refuses replayed handshakes).
+pub fn check_state_dir(path: &Path) -> Result<(), KeyError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).map_err(|source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(KeyError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let me = effective_uid();
+    if meta.uid() != me {
+        return Err(KeyError::Owner {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(KeyError::StateDirWritable {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a 32-byte secret from a file holding one line of base64 (or exactly 32 raw bytes,
+/// for a mesh secret made with `head -c 32 /dev/urandom`). The file must be mode 0600 or
+/// stricter, owned by this user, and not a symbolic link ([`open_secret_file`]).
+fn read_secret_file(path: &Path) -> Result<[u8; KEY_LEN], KeyError> {
+    use std::io::Read;
+    let io = |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = open_secret_file(path)?;
+    let mut raw = Vec::with_capacity(128);
+    // A key file is one short line: anything much longer is not one, and is not read whole.
+    (&mut file).take(4096).read_to_end(&mut raw).map_err(io)?;
     let result = if raw.len() == KEY_LEN {
         let mut out = [0u8; KEY_LEN];
         out.copy_from_slice(&raw);
@@ -374,6 +511,68 @@ mod tests {
     }
 
     const PAIR_VECTOR: &str = "fa249cc2daae1db3d393a3b462e53491a78605dd924593f6b3a52b8f6cc1c5b1";
+
+    #[test]
+    fn a_key_file_is_checked_on_the_file_that_is_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("host.key");
+        create_private_key_file(&key).expect("create");
+        load_private_key(&key).expect("the file itself loads");
+
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&key, &link).expect("symlink");
+        let err = load_private_key(&link).expect_err("a symlink");
+        assert!(matches!(err, KeyError::Symlink { .. }), "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+
+        let err = load_private_key(dir.path()).expect_err("a directory");
+        assert!(
+            matches!(err, KeyError::NotAFile { .. } | KeyError::Io { .. }),
+            "{err}"
+        );
+
+        // Someone else's file: as root, a copy given to nobody (65534); otherwise a file of
+        // root's.
+        let foreign = if effective_uid() == 0 {
+            let other = dir.path().join("other.key");
+            std::fs::copy(&key, &other).expect("copy");
+            std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+            std::os::unix::fs::chown(&other, Some(65534), None).expect("chown as root");
+            other
+        } else {
+            std::path::PathBuf::from("/etc/hostname")
+        };
+        let err = load_private_key(&foreign).expect_err("another user's file");
+        assert!(matches!(err, KeyError::Owner { .. }), "{err}");
+        assert!(err.to_string().contains("owned by uid"), "{err}");
+    }
+
+    #[test]
+    fn the_state_dir_must_be_ours_and_not_writable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).expect("mkdir");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        check_state_dir(&state).expect("0700 is fine");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        check_state_dir(&state).expect("0755 is fine: nobody else writes");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = check_state_dir(&state).expect_err("world-writable");
+        assert!(
+            matches!(err, KeyError::StateDirWritable { mode: 0o777, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod 700"), "{err}");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").expect("write");
+        assert!(matches!(
+            check_state_dir(&file),
+            Err(KeyError::NotAFile { .. })
+        ));
+    }
 
     #[test]
     fn pair_key_is_symmetric() {

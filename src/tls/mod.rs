@@ -14,7 +14,6 @@
 
 use std::fmt;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -161,24 +160,9 @@ fn read_certs(
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsLoadError> {
     let field = "cert_key";
-    let meta = fs::metadata(path)
-        .map_err(|e| load_err(field, format!("cannot read {}: {e}", path.display())))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(load_err(
-            field,
-            format!(
-                "{} has mode {mode:03o}: a private key must not be readable by group or \
-                 others; run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            ),
-        ));
-    }
-    let text = zeroize::Zeroizing::new(
-        fs::read(path)
-            .map_err(|e| load_err(field, format!("cannot read {}: {e}", path.display())))?,
-    );
+    // Opened once, checked on the open file: owner, mode, not a symlink (keys.rs).
+    let text = crate::keys::read_secret_bytes(path, 1 << 20)
+        .map_err(|e| load_err(field, format!("cannot use the private key: {e}")))?;
     // The parse error names only the PEM problem, never the bytes.
     PrivateKeyDer::from_pem_slice(&text).map_err(|_| {
         load_err(

@@ -14,6 +14,7 @@ use std::fmt;
 use crate::config::{AuthMode, PeerName};
 use crate::keys::{PairKey, PrivateKey, PublicKey};
 
+mod resolver;
 mod session;
 
 pub use session::{RecordError, Session, MAX_RECORD_CIPHERTEXT, MAX_RECORD_PLAINTEXT, TAG_LEN};
@@ -210,6 +211,11 @@ impl fmt::Debug for PairParams<'_> {
 /// (the golden vectors in `tests/vectors/`).
 type Ephemeral<'e> = Option<&'e [u8; 32]>;
 
+/// A handshake builder on [`resolver::CheckedResolver`].
+fn builder<'b>(params: snow::params::NoiseParams) -> snow::Builder<'b> {
+    snow::Builder::with_resolver(params, Box::new(resolver::CheckedResolver::new()))
+}
+
 fn pin<'b>(builder: snow::Builder<'b>, ephemeral: Ephemeral<'b>) -> snow::Builder<'b> {
     match ephemeral {
         Some(e) => builder.fixed_ephemeral_key_for_testing_only(e),
@@ -246,7 +252,7 @@ impl PairParams<'_> {
         let state = match self.mode {
             AuthMode::Noise => {
                 let params = NOISE_IK.parse().map_err(local)?;
-                let b = pin(snow::Builder::new(params), ephemeral)
+                let b = pin(builder(params), ephemeral)
                     .local_private_key(self.local_key.as_bytes())
                     .map_err(local)?
                     .psk(2, self.psk.as_bytes())
@@ -263,7 +269,7 @@ impl PairParams<'_> {
             }
             AuthMode::Psk => {
                 let params = NOISE_NN.parse().map_err(local)?;
-                let b = pin(snow::Builder::new(params), ephemeral)
+                let b = pin(builder(params), ephemeral)
                     .psk(0, self.psk.as_bytes())
                     .map_err(local)?
                     .prologue(&prologue)
