@@ -211,6 +211,10 @@ pub enum MuxError {
     /// A SETTINGS window below [`INITIAL_CREDIT`] or above 2^31.
     #[error("SETTINGS window {0} out of range")]
     SettingsOutOfRange(u32),
+    /// More than one REKEY frame in one record: each step of a re-key is a record of its
+    /// own, since the key switches at the record's end.
+    #[error("more than one REKEY frame in one record")]
+    RekeyFramesInOneRecord,
     /// The peer keeps asking for answers (OPENs to refuse) without reading them.
     #[error("{queued} control frames queued: the peer does not read")]
     ControlBacklog {
@@ -387,7 +391,9 @@ pub struct Mux<T = ()> {
     go_away_received: bool,
     /// REKEY frames of the latest record, for the driver ([`Mux::take_rekey`]): the key
     /// switch they announce happens at the record's end, which only the driver sees.
-    rekey_in: Vec<RekeyMessage>,
+    rekey_in: VecDeque<RekeyMessage>,
+    /// How many of `rekey_in` came before the record being handled.
+    rekeys_before_record: usize,
 }
 
 impl<T> Mux<T> {
@@ -425,7 +431,8 @@ impl<T> Mux<T> {
             grown: 0,
             go_away_sent: false,
             go_away_received: false,
-            rekey_in: Vec::new(),
+            rekey_in: VecDeque::new(),
+            rekeys_before_record: 0,
         }
     }
 
@@ -670,6 +677,7 @@ impl<T> Mux<T> {
         }
         let events_before = self.events.len();
         let rekeys_before = self.rekey_in.len();
+        self.rekeys_before_record = rekeys_before;
         let mut pos = 0;
         while pos < record.len() {
             let (f, n) = frame::decode(&record[pos..])?;
@@ -688,11 +696,7 @@ impl<T> Mux<T> {
     /// driver calls it after each record, before it opens the next one: a key switch that
     /// one announces applies from the next record on.
     pub fn take_rekey(&mut self) -> Option<RekeyMessage> {
-        if self.rekey_in.is_empty() {
-            None
-        } else {
-            Some(self.rekey_in.remove(0))
-        }
+        self.rekey_in.pop_front()
     }
 
     fn handle_frame(&mut self, f: Frame<'_>, record: &Bytes, now: Instant) -> Result<(), MuxError> {
@@ -864,7 +868,10 @@ impl<T> Mux<T> {
                 self.push_event(Event::GoAway { reason });
             }
             Frame::Rekey { step, epoch, key } => {
-                self.rekey_in.push(RekeyMessage { step, epoch, key })
+                if self.rekey_in.len() > self.rekeys_before_record {
+                    return Err(MuxError::RekeyFramesInOneRecord);
+                }
+                self.rekey_in.push_back(RekeyMessage { step, epoch, key })
             }
         }
         Ok(())
@@ -1962,6 +1969,31 @@ mod tests {
             a.handle_record(settings(INITIAL_CREDIT), now),
             Err(MuxError::DuplicateSettings)
         );
+    }
+
+    /// REKEY frames reach the driver in order, one per record; two in one record end the
+    /// link (the key switches at a record's end), and nothing of that record is kept.
+    #[test]
+    fn rekey_frames_are_handed_on_one_per_record() {
+        use crate::proto::frame::RekeyStep;
+        let now = Instant::now();
+        let mut d = Mux::<()>::new(Role::Dialer, cfg(), now);
+        let rekey = |epoch| Frame::Rekey {
+            step: RekeyStep::Request,
+            epoch,
+            key: [0; 32],
+        };
+        d.handle_record(record(&[rekey(1)]), now).unwrap();
+        d.handle_record(record(&[Frame::Ping { nonce: 3 }, rekey(2)]), now)
+            .unwrap();
+        assert_eq!(d.take_rekey().map(|m| m.epoch), Some(1));
+        assert_eq!(d.take_rekey().map(|m| m.epoch), Some(2));
+        assert_eq!(d.take_rekey(), None);
+        assert_eq!(
+            d.handle_record(record(&[rekey(3), rekey(4)]), now),
+            Err(MuxError::RekeyFramesInOneRecord)
+        );
+        assert_eq!(d.take_rekey(), None, "nothing of the refused record");
     }
 
     /// A peer that sends OPENs to be refused and never reads the refusals is cut off
