@@ -79,10 +79,26 @@ fn main() {
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(7);
     let mib: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(512);
     let key = [0x42u8; 32];
-    let suites: [(&str, &'static ring::aead::Algorithm, &'static aws_lc_rs::aead::Algorithm); 3] = [
-        ("AES-128-GCM", &ring::aead::AES_128_GCM, &aws_lc_rs::aead::AES_128_GCM),
-        ("AES-256-GCM", &ring::aead::AES_256_GCM, &aws_lc_rs::aead::AES_256_GCM),
-        ("ChaCha20-Poly1305", &ring::aead::CHACHA20_POLY1305, &aws_lc_rs::aead::CHACHA20_POLY1305),
+    let suites: [(
+        &str,
+        &'static ring::aead::Algorithm,
+        &'static aws_lc_rs::aead::Algorithm,
+    ); 3] = [
+        (
+            "AES-128-GCM",
+            &ring::aead::AES_128_GCM,
+            &aws_lc_rs::aead::AES_128_GCM,
+        ),
+        (
+            "AES-256-GCM",
+            &ring::aead::AES_256_GCM,
+            &aws_lc_rs::aead::AES_256_GCM,
+        ),
+        (
+            "ChaCha20-Poly1305",
+            &ring::aead::CHACHA20_POLY1305,
+            &aws_lc_rs::aead::CHACHA20_POLY1305,
+        ),
     ];
     println!("| AEAD | record | ring GB/s (median) | aws-lc-rs GB/s (median) | aws-lc-rs / ring per round | median ratio |");
     println!("|---|---|---|---|---|---|");
