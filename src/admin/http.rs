@@ -1,5 +1,5 @@
-//! The smallest HTTP/1.1 a scraper and `meshctl` need: one GET per connection, a request
-//! head of at most 8 KiB read within 5 s, a response with `Content-Length` and
+//! The smallest HTTP/1.1 a scraper and `meshctl` need: one request per connection, a
+//! request head of at most 8 KiB read within 2 s, a response with `Content-Length` and
 //! `Connection: close`. Parsing is a pure function of the bytes read so far, tested
 //! without a socket.
 
@@ -10,8 +10,11 @@ use tokio::net::TcpStream;
 
 /// Largest request head accepted.
 pub const MAX_HEAD: usize = 8 * 1024;
-/// Deadline for reading the request head, and separately for writing the response.
+/// Deadline for writing the response.
 pub const IO_DEADLINE: Duration = Duration::from_secs(5);
+/// Deadline for the whole request head: scrapers and `meshctl` send theirs at once, and a
+/// connection that stays silent holds one of the few admin slots.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(2);
 
 /// What a request head says, as far as routing needs.
 #[derive(Debug, PartialEq, Eq)]
@@ -105,39 +108,40 @@ impl Response {
     }
 }
 
-/// Serves one connection: reads a head, asks `route(method, path)` for the answer, sends
-/// it, and closes. Errors and slow clients just end the connection.
-pub async fn serve_connection<F, Fut>(mut socket: TcpStream, route: F)
-where
-    F: FnOnce(String, String) -> Fut,
-    Fut: std::future::Future<Output = Response>,
-{
+/// A parsed request head.
+#[derive(Debug)]
+pub struct Request {
+    /// The method, as sent.
+    pub method: String,
+    /// The path, without the query string.
+    pub path: String,
+}
+
+/// Reads one request head. `Err` is the answer to a malformed or oversized head; `None`
+/// means the client went away. The caller bounds the time it may take.
+pub async fn read_request(socket: &mut TcpStream) -> Option<Result<Request, Response>> {
     let mut buf = Vec::with_capacity(1024);
-    let read = async {
-        loop {
-            match parse_head(&buf) {
-                Head::Incomplete if buf.len() >= MAX_HEAD => {
-                    return Some(Err(Response::text(431, "request head too large\n")))
-                }
-                Head::Incomplete => {}
-                Head::Bad => return Some(Err(Response::text(400, "bad request\n"))),
-                Head::Request { method, path } => return Some(Ok((method, path))),
+    loop {
+        match parse_head(&buf) {
+            Head::Incomplete if buf.len() >= MAX_HEAD => {
+                return Some(Err(Response::text(431, "request head too large\n")))
             }
-            let mut chunk = [0u8; 1024];
-            let room = (MAX_HEAD - buf.len()).min(chunk.len());
-            match socket.read(&mut chunk[..room]).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+            Head::Incomplete => {}
+            Head::Bad => return Some(Err(Response::text(400, "bad request\n"))),
+            Head::Request { method, path } => return Some(Ok(Request { method, path })),
         }
-    };
-    let Ok(Some(request)) = tokio::time::timeout(IO_DEADLINE, read).await else {
-        return;
-    };
-    let response = match request {
-        Ok((method, path)) => route(method, path).await,
-        Err(early) => early,
-    };
+        let mut chunk = [0u8; 1024];
+        let room = (MAX_HEAD - buf.len()).min(chunk.len());
+        match socket.read(&mut chunk[..room]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Sends `response` and closes; a client too slow to take it within [`IO_DEADLINE`] just
+/// loses it.
+pub async fn respond(mut socket: TcpStream, response: Response) {
     let bytes = response.encode();
     let write = async {
         socket.write_all(&bytes).await?;
@@ -157,7 +161,7 @@ mod tests {
             parse_head(head),
             Head::Request {
                 method: "GET".into(),
-                path: "/metrics".into()
+                path: "/metrics".into(),
             }
         );
     }
