@@ -1,5 +1,6 @@
-//! The admin server against hostile clients, on a real `meshd`: connections left silent
-//! cannot keep a `/metrics` scrape waiting.
+//! The admin server against hostile clients, on a real `meshd`: `POST /reload` refuses a
+//! foreign `Host` (DNS rebinding) or `Origin` (cross-site POST) without reloading, and
+//! connections left silent cannot keep a `/metrics` scrape waiting.
 
 mod common;
 
@@ -10,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::mesh::TestMesh;
+use common::{metrics_text, sample};
 
 const READY: Duration = Duration::from_secs(10);
 const ANSWER: Duration = Duration::from_secs(10);
@@ -41,6 +43,90 @@ async fn one_daemon() -> (TestMesh, SocketAddr) {
     })
     .await;
     (mesh, admin)
+}
+
+fn reloads_ok(admin: SocketAddr) -> f64 {
+    sample(
+        &metrics_text(admin),
+        "meshd_config_reloads_total{result=\"success\"}",
+    )
+}
+
+fn post_reload(host: &str, extra: &str) -> String {
+    format!("POST /reload HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: 0\r\n\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_refuses_a_foreign_host_or_origin_and_reloads_for_a_local_one() {
+    let (mesh, admin) = one_daemon().await;
+    let port = admin.port();
+    assert_eq!(reloads_ok(admin), 0.0, "no reload yet");
+
+    for (what, head) in [
+        ("a rebinding Host", post_reload("evil.example", "")),
+        (
+            "a rebinding Host with the port",
+            post_reload(&format!("evil.example:{port}"), ""),
+        ),
+        (
+            "a local Host on another port",
+            post_reload("127.0.0.1:1", ""),
+        ),
+        (
+            "a cross-site Origin",
+            post_reload(
+                &format!("127.0.0.1:{port}"),
+                "Origin: http://evil.example\r\n",
+            ),
+        ),
+        (
+            "an opaque Origin",
+            post_reload(&format!("127.0.0.1:{port}"), "Origin: null\r\n"),
+        ),
+    ] {
+        let (status, body) = exchange(admin, &head)
+            .await
+            .unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!(status, 403, "{what}: {body}");
+        assert!(
+            body.contains("Host") || body.contains("Origin"),
+            "{what}: the body does not say why: {body}"
+        );
+    }
+    assert_eq!(reloads_ok(admin), 0.0, "a refused POST /reload reloaded");
+    assert!(
+        mesh.find_log_line("a", &["config reloaded"]).is_none(),
+        "a refused POST /reload reloaded:\n{}",
+        mesh.log("a")
+    );
+
+    let local = [
+        format!("127.0.0.1:{port}"),
+        "localhost".to_owned(),
+        format!("[::1]:{port}"),
+    ];
+    for (n, host) in local.iter().enumerate() {
+        let (status, body) = exchange(admin, &post_reload(host, ""))
+            .await
+            .unwrap_or_else(|| panic!("Host {host}: no answer"));
+        assert_eq!(status, 200, "Host {host}: {body}");
+        assert_eq!(
+            reloads_ok(admin),
+            (n + 1) as f64,
+            "Host {host}: not reloaded"
+        );
+    }
+    let same_origin = format!("Origin: http://127.0.0.1:{port}\r\n");
+    let (status, body) = exchange(admin, &post_reload(&local[0], &same_origin))
+        .await
+        .expect("same-origin POST: no answer");
+    assert_eq!(status, 200, "same-origin POST: {body}");
+
+    // Scrapers name the daemon however they reach it: GETs stay open to any Host.
+    let (status, body) = exchange(admin, "GET /metrics HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+        .await
+        .expect("GET /metrics: no answer");
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,12 +6,14 @@
 //! request per connection, need no router, no keep-alive and no request bodies, and the
 //! whole of it fits in one screen and is tested without a socket.
 //!
-//! Connections still waiting for their request
+//! `POST /reload` answers only requests that name this server in `Host` and `Origin`
+//! (a web page must not reload the daemon); the GETs answer any `Host`, since scrapers
+//! name the daemon however they reach it. Connections still waiting for their request
 //! head give up their slot to a new connection when all are taken, so clients that
 //! connect and stay silent cannot keep a scrape out.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -24,7 +26,7 @@ mod http;
 mod metrics;
 mod status;
 
-pub use http::{parse_head, Head, Response, HEAD_DEADLINE, IO_DEADLINE, MAX_HEAD};
+pub use http::{foreign_origin, parse_head, Head, Response, HEAD_DEADLINE, IO_DEADLINE, MAX_HEAD};
 pub use metrics::{ByteCounters, LinkObserver, Metrics, RttObserver, StreamObserver, StreamResult};
 pub use status::{LinkReport, StatusReport};
 
@@ -59,8 +61,16 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// Answers one request: GETs of the read-only routes, `POST /reload`.
-    pub async fn route(&self, req: &http::Request) -> Response {
+    /// Answers one request: GETs of the read-only routes, `POST /reload`. `local_ips`
+    /// and `port` are what names this server in `Host`/`Origin` (see [`foreign_origin`]).
+    pub async fn route(&self, req: &http::Request, local_ips: &[IpAddr], port: u16) -> Response {
+        if req.method != "GET" {
+            if let Some(why) =
+                foreign_origin(req.host.as_deref(), req.origin.as_deref(), local_ips, port)
+            {
+                return Response::text(403, why);
+            }
+        }
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", path) => self.get(path),
             ("POST", "/reload") => self.reload().await,
@@ -163,6 +173,8 @@ pub async fn serve_admin(
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
+    let listen = listener.local_addr().ok();
+    let port = listen.map_or(0, |a| a.port());
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let waiting = Arc::new(Mutex::new(Waiting::default()));
     loop {
@@ -201,6 +213,12 @@ pub async fn serve_admin(
             w.queue.push_back((id, evict.clone()));
             id
         };
+        let mut local_ips = vec![
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ];
+        local_ips.extend(listen.map(|a| a.ip()).filter(|ip| !ip.is_unspecified()));
+        local_ips.extend(socket.local_addr().ok().map(|a| a.ip()));
         let state = state.clone();
         let cancel = cancel.clone();
         let waiting = waiting.clone();
@@ -220,7 +238,7 @@ pub async fn serve_admin(
                     _ = cancel.cancelled() => {}
                     _ = async {
                         let response = match head {
-                            Ok(req) => state.route(&req).await,
+                            Ok(req) => state.route(&req, &local_ips, port).await,
                             Err(early) => early,
                         };
                         http::respond(socket, response).await;
