@@ -5,9 +5,16 @@
 //! The server is a hand-written HTTP/1.1 subset (see `http`): three fixed GET routes, one
 //! request per connection, need no router, no keep-alive and no request bodies, and the
 //! whole of it fits in one screen and is tested without a socket.
+//!
+//! `POST /reload` answers only requests that name this server in `Host` and `Origin`
+//! (a web page must not reload the daemon); the GETs answer any `Host`, since scrapers
+//! name the daemon however they reach it. Connections still waiting for their request
+//! head give up their slot to a new connection when all are taken, so clients that
+//! connect and stay silent cannot keep a scrape out.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::net::TcpListener;
@@ -19,13 +26,17 @@ mod http;
 mod metrics;
 mod status;
 
-pub use http::{parse_head, Head, Response, IO_DEADLINE, MAX_HEAD};
+pub use http::{foreign_origin, parse_head, Head, Response, HEAD_DEADLINE, IO_DEADLINE, MAX_HEAD};
 pub use metrics::{ByteCounters, LinkObserver, Metrics, RttObserver, StreamObserver, StreamResult};
 pub use status::{LinkReport, StatusReport};
 
-/// Admin connections served at once; more are closed at once (a scraper and an operator
-/// need a handful).
+/// Admin connections served at once (a scraper and an operator need a handful). When all
+/// are taken, a new connection evicts the oldest one still waiting for its head, and is
+/// closed at once when none is.
 const MAX_CONNECTIONS: usize = 32;
+
+/// How long the accept loop waits for an evicted connection to give back its slot.
+const EVICT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The OpenMetrics content type Prometheus negotiates for.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -50,9 +61,17 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// Answers one request: GETs of the read-only routes, `POST /reload`.
-    pub async fn route(&self, method: &str, path: &str) -> Response {
-        match (method, path) {
+    /// Answers one request: GETs of the read-only routes, `POST /reload`. `local_ips`
+    /// and `port` are what names this server in `Host`/`Origin` (see [`foreign_origin`]).
+    pub async fn route(&self, req: &http::Request, local_ips: &[IpAddr], port: u16) -> Response {
+        if req.method != "GET" {
+            if let Some(why) =
+                foreign_origin(req.host.as_deref(), req.origin.as_deref(), local_ips, port)
+            {
+                return Response::text(403, why);
+            }
+        }
+        match (req.method.as_str(), req.path.as_str()) {
             ("GET", path) => self.get(path),
             ("POST", "/reload") => self.reload().await,
             (_, "/reload") => Response::text(405, "use POST /reload\n"),
@@ -132,6 +151,21 @@ pub fn warn_if_exposed(addr: SocketAddr) {
     }
 }
 
+/// Connections still reading their request head, oldest first: the ones a new connection
+/// may evict. At most [`MAX_CONNECTIONS`] long, as each holds a slot.
+#[derive(Default)]
+struct Waiting {
+    next_id: u64,
+    queue: VecDeque<(u64, CancellationToken)>,
+}
+
+impl Waiting {
+    fn lock(this: &Mutex<Self>) -> std::sync::MutexGuard<'_, Self> {
+        // The lock guards no invariant a panic could break halfway.
+        this.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// Serves the admin listener until `cancel` fires.
 pub async fn serve_admin(
     listener: TcpListener,
@@ -139,7 +173,10 @@ pub async fn serve_admin(
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
+    let listen = listener.local_addr().ok();
+    let port = listen.map_or(0, |a| a.port());
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let waiting = Arc::new(Mutex::new(Waiting::default()));
     loop {
         let socket = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -152,17 +189,61 @@ pub async fn serve_admin(
                 }
             },
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue;
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let oldest = Waiting::lock(&waiting).queue.pop_front();
+                let Some((_, evict)) = oldest else {
+                    // Every slot is past its head (slow reloads): this one waits its turn
+                    // by reconnecting.
+                    continue;
+                };
+                evict.cancel();
+                match tokio::time::timeout(EVICT_WAIT, slots.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => continue,
+                }
+            }
         };
+        let evict = cancel.child_token();
+        let id = {
+            let mut w = Waiting::lock(&waiting);
+            let id = w.next_id;
+            w.next_id += 1;
+            w.queue.push_back((id, evict.clone()));
+            id
+        };
+        let mut local_ips = vec![
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ];
+        local_ips.extend(listen.map(|a| a.ip()).filter(|ip| !ip.is_unspecified()));
+        local_ips.extend(socket.local_addr().ok().map(|a| a.ip()));
         let state = state.clone();
         let cancel = cancel.clone();
+        let waiting = waiting.clone();
         tracker.spawn(async move {
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = http::serve_connection(socket, |method, path| async move {
-                    state.route(&method, &path).await
-                }) => {}
+            let mut socket = socket;
+            let head = tokio::select! {
+                _ = evict.cancelled() => None,
+                r = tokio::time::timeout(HEAD_DEADLINE, http::read_request(&mut socket)) => {
+                    r.ok().flatten()
+                }
+            };
+            Waiting::lock(&waiting)
+                .queue
+                .retain(|(other, _)| *other != id);
+            if let Some(head) = head {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = async {
+                        let response = match head {
+                            Ok(req) => state.route(&req, &local_ips, port).await,
+                            Err(early) => early,
+                        };
+                        http::respond(socket, response).await;
+                    } => {}
+                }
             }
             drop(permit);
         });

@@ -74,9 +74,14 @@ pub fn request(admin: &str, method: &str, path: &str) -> anyhow::Result<(u16, St
     // A reload may take a moment (binding, re-reading files): allow it more time.
     socket.set_read_timeout(Some(IO_TIMEOUT * 8))?;
     socket.set_write_timeout(Some(IO_TIMEOUT))?;
+    // The address reached, not the name typed: `POST /reload` answers only a Host that is
+    // one of the daemon's own addresses (or localhost), which a DNS name is not.
+    let host = socket
+        .peer_addr()
+        .map_or_else(|_| admin.to_owned(), |a| a.to_string());
     write!(
         socket,
-        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     socket.read_to_end(&mut raw)?;
