@@ -1,7 +1,9 @@
 //! The accepting side: the mesh listener. Every connection must finish its handshake
 //! within the deadline, under a global cap on pending handshakes (at the cap the oldest
-//! one makes room); garbage is refused at the first bytes. An authenticated link runs its
-//! driver with this host's exits; a new link from a peer supersedes (closes) the older one.
+//! one makes room); garbage is refused at the first bytes. Refusals are counted, and
+//! logged at most a few lines per reason per 10 s (see `throttle`). An authenticated link
+//! runs its driver with this host's exits; a new link from a peer supersedes (closes) the
+//! older one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use super::dial::read_exact;
 use super::driver::{Direction, Driver, Exits, CMD_CAPACITY};
 use super::pending::PendingHandshakes;
 use super::ratelimit::{SourceLimiter, Verdict};
+use super::throttle::{LogLine, RejectLog};
 use super::transport::{self, Transport};
 use super::{LinkError, ReplayStore};
 use crate::admin::Metrics;
@@ -168,6 +171,7 @@ pub async fn serve_mesh(
     cancel: CancellationToken,
 ) {
     let pending = PendingHandshakes::new(ctx.policy().limits.max_pending_handshakes);
+    let logs = Arc::new(RejectLog::default());
     let mut rate = ctx.policy().limits.handshake_rate_per_source;
     let mut limiter = SourceLimiter::new(rate, std::time::Instant::now());
     loop {
@@ -184,22 +188,28 @@ pub async fn serve_mesh(
                 }
             },
         };
+        let limits = ctx.policy().limits.clone();
         // Before any handshake work: one source may not flood the listener.
-        let now_rate = ctx.policy().limits.handshake_rate_per_source;
-        if now_rate != rate {
-            rate = now_rate;
+        if limits.handshake_rate_per_source != rate {
+            rate = limits.handshake_rate_per_source;
             limiter = SourceLimiter::new(rate, std::time::Instant::now());
         }
-        if let Verdict::Limit { log } = limiter.check(remote.ip(), std::time::Instant::now()) {
-            metrics.handshake_rejected(&LinkError::Handshake(HandshakeError::RateLimited));
+        let now = Instant::now();
+        if let Verdict::Limit { log } = limiter.check(remote.ip(), now) {
+            let err = LinkError::Handshake(HandshakeError::RateLimited);
+            metrics.handshake_rejected(&err);
+            // One line per source per 10 s, and a few per 10 s in all.
             if log {
-                tracing::warn!(
-                    %remote,
-                    reason = "rate_limited",
-                    limit_per_s = rate,
-                    "handshake rejected: {} (further refusals of this source are counted, not logged, for 10 s)",
-                    HandshakeError::RateLimited
-                );
+                if let LogLine::Write { suppressed } = logs.check(err.reason(), now) {
+                    tracing::warn!(
+                        %remote,
+                        reason = err.reason(),
+                        limit_per_s = rate,
+                        suppressed,
+                        "handshake rejected: {} (further refusals of this source are counted, not logged, for 10 s)",
+                        HandshakeError::RateLimited
+                    );
+                }
             }
             drop(socket);
             continue;
@@ -209,27 +219,32 @@ pub async fn serve_mesh(
         let ctx2 = ctx.clone();
         let cancel2 = cancel.clone();
         let metrics = metrics.clone();
+        let logs = logs.clone();
         ctx.tracker.spawn(async move {
             let accepted = tokio::select! {
                 _ = cancel2.cancelled() => return,
                 _ = slot.evicted().cancelled() => {
-                    log_rejection(remote, &LinkError::Handshake(HandshakeError::Overloaded), &metrics);
+                    log_rejection(remote, &LinkError::Handshake(HandshakeError::Overloaded), &metrics, &logs);
                     return;
                 }
-                r = tokio::time::timeout(ctx2.policy().limits.handshake_timeout, accept_handshake(&ctx2, socket)) => r,
+                r = tokio::time::timeout(limits.handshake_timeout, accept_handshake(&ctx2, socket)) => r,
             };
             drop(slot);
             match accepted {
                 Ok(Ok(link)) => run_inbound(ctx2, link, remote, metrics, cancel2).await,
-                Ok(Err(e)) => log_rejection(remote, &e, &metrics),
-                Err(_) => log_rejection(remote, &LinkError::Handshake(HandshakeError::Timeout), &metrics),
+                Ok(Err(e)) => log_rejection(remote, &e, &metrics, &logs),
+                Err(_) => log_rejection(remote, &LinkError::Handshake(HandshakeError::Timeout), &metrics, &logs),
             }
         });
     }
 }
 
-fn log_rejection(remote: SocketAddr, err: &LinkError, metrics: &Metrics) {
+/// Counts a failed handshake and logs it within the reason's budget.
+fn log_rejection(remote: SocketAddr, err: &LinkError, metrics: &Metrics, logs: &RejectLog) {
     metrics.handshake_rejected(err);
+    let LogLine::Write { suppressed } = logs.check(err.reason(), Instant::now()) else {
+        return;
+    };
     let peer = match err {
         LinkError::Handshake(
             HandshakeError::UnknownPeer(p)
@@ -239,7 +254,7 @@ fn log_rejection(remote: SocketAddr, err: &LinkError, metrics: &Metrics) {
         ) => p.as_str(),
         _ => "",
     };
-    tracing::warn!(%remote, peer, reason = err.reason(), "handshake rejected: {err}");
+    tracing::warn!(%remote, peer, reason = err.reason(), suppressed, "handshake rejected: {err}");
 }
 
 async fn accept_handshake(
