@@ -20,7 +20,10 @@ mod metrics;
 mod status;
 
 pub use http::{parse_head, Head, Response, IO_DEADLINE, MAX_HEAD};
-pub use metrics::{ByteCounters, LinkObserver, Metrics, RttObserver, StreamObserver, StreamResult};
+pub use metrics::{
+    ByteCounters, LinkObserver, Metrics, RttObserver, StreamObserver, StreamResult,
+    PENDING_PER_SOURCE,
+};
 pub use status::{LinkReport, StatusReport};
 
 /// Admin connections served at once; more are closed at once (a scraper and an operator

@@ -1,9 +1,9 @@
 //! The accepting side: the mesh listener. Every connection must finish its handshake
 //! within the deadline, under a global cap on pending handshakes (at the cap the oldest
-//! one makes room); garbage is refused at the first bytes. Refusals are counted, and
-//! logged at most a few lines per reason per 10 s (see `throttle`). An authenticated link
-//! runs its driver with this host's exits; a new link from a peer supersedes (closes) the
-//! older one.
+//! one makes room) and a per-source one (over it the newcomer is refused); garbage is
+//! refused at the first bytes. Refusals are counted, and logged at most a few lines per
+//! reason per 10 s (see `throttle`). An authenticated link runs its driver with this
+//! host's exits; a new link from a peer supersedes (closes) the older one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,7 +23,7 @@ use super::ratelimit::{SourceLimiter, Verdict};
 use super::throttle::{LogLine, RejectLog};
 use super::transport::{self, Transport};
 use super::{LinkError, ReplayStore};
-use crate::admin::Metrics;
+use crate::admin::{Metrics, PENDING_PER_SOURCE};
 use crate::config::{AuthMode, Limits, PeerName};
 use crate::keys::{PairKey, PrivateKey, PublicKey};
 use crate::proto::handshake::{
@@ -214,8 +214,22 @@ pub async fn serve_mesh(
             drop(socket);
             continue;
         }
-        // At the cap this evicts the oldest pending handshake (see `pending`).
-        let slot = pending.admit();
+        // At the global cap this evicts the oldest pending handshake (see `pending`);
+        // over its own share a source is refused instead.
+        let Ok(slot) = pending.admit(remote.ip(), limits.max_pending_per_source) else {
+            metrics.handshake_refused(PENDING_PER_SOURCE);
+            if let LogLine::Write { suppressed } = logs.check(PENDING_PER_SOURCE, now) {
+                tracing::warn!(
+                    %remote,
+                    reason = PENDING_PER_SOURCE,
+                    limit = limits.max_pending_per_source,
+                    suppressed,
+                    "handshake rejected: this source already has its share of pending handshakes"
+                );
+            }
+            drop(socket);
+            continue;
+        };
         let ctx2 = ctx.clone();
         let cancel2 = cancel.clone();
         let metrics = metrics.clone();

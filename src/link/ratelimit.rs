@@ -45,7 +45,7 @@ pub struct SourceLimiter {
 }
 
 /// The key of a source: the address, or its /64 for IPv6.
-fn source_key(ip: IpAddr) -> IpAddr {
+pub(super) fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
