@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +20,7 @@ use super::dial::read_exact;
 use super::driver::{Direction, Driver, Exits, CMD_CAPACITY};
 use super::pending::PendingHandshakes;
 use super::ratelimit::{SourceLimiter, Verdict};
+use super::replay::{Mark, MAX_AHEAD};
 use super::throttle::{LogLine, RejectLog};
 use super::transport::{self, Transport};
 use super::{LinkError, ReplayStore};
@@ -324,9 +325,25 @@ async fn accept_handshake(
         psk: &known.psk,
     };
     let responder = handshake::respond(&params, &msg1)?;
-    match ctx.replay.check_and_update(&peer, responder.timestamp()) {
-        Ok(true) => {}
-        Ok(false) => return Err(HandshakeError::Replay(peer.to_string()).into()),
+    let timestamp = responder.timestamp();
+    // A clock before 1970 makes every timestamp "ahead": refused, and logged below.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    match ctx.replay.check_and_update(&peer, timestamp, now).await {
+        Ok(Mark::Fresh) => {}
+        Ok(Mark::Replayed) => return Err(HandshakeError::Replay(peer.to_string()).into()),
+        Ok(Mark::TooFarAhead) => {
+            // msg1 authenticated the peer, so this is its clock (or a key holder's
+            // replay bait), not a stranger's: worth a line of its own.
+            tracing::warn!(
+                peer = %peer,
+                ahead_s = timestamp.saturating_sub(now) / 1_000_000_000,
+                max_ahead_s = MAX_AHEAD.as_secs(),
+                "msg1 timestamp is too far ahead of this host's clock; check both clocks"
+            );
+            return Err(HandshakeError::Replay(peer.to_string()).into());
+        }
         Err(e) => {
             return Err(LinkError::Io(std::io::Error::other(e.to_string())));
         }
