@@ -41,7 +41,12 @@ const HANDSHAKE_REASONS: &[&str] = &[
     "rate_limited",
     "overloaded",
     "local",
+    "pending_per_source",
 ];
+
+/// Refusals at accept that are no `HandshakeError`: the source already holds its share
+/// of pending handshakes.
+pub const PENDING_PER_SOURCE: &str = "pending_per_source";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerDirectionLabels {
@@ -492,6 +497,15 @@ impl Metrics {
             .get_or_create(&ReasonLabels {
                 reason: err.reason(),
             })
+            .inc();
+    }
+
+    /// The mesh listener refused a connection before any handshake, for `reason`, one of
+    /// the fixed set created at zero (such as [`PENDING_PER_SOURCE`]).
+    pub fn handshake_refused(&self, reason: &'static str) {
+        debug_assert!(HANDSHAKE_REASONS.contains(&reason), "{reason}");
+        self.handshake_failures
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -27,7 +27,10 @@ mod metrics;
 mod status;
 
 pub use http::{foreign_origin, parse_head, Head, Response, HEAD_DEADLINE, IO_DEADLINE, MAX_HEAD};
-pub use metrics::{ByteCounters, LinkObserver, Metrics, RttObserver, StreamObserver, StreamResult};
+pub use metrics::{
+    ByteCounters, LinkObserver, Metrics, RttObserver, StreamObserver, StreamResult,
+    PENDING_PER_SOURCE,
+};
 pub use status::{LinkReport, StatusReport};
 
 /// Admin connections served at once (a scraper and an operator need a handful). When all

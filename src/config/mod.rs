@@ -157,6 +157,9 @@ pub struct Limits {
     /// Handshakes in progress at once on the mesh listener (`max_pending_handshakes`,
     /// default 128).
     pub max_pending_handshakes: usize,
+    /// Of those, at most this many from one source address (IPv6: one /64); more are
+    /// refused at accept (`max_pending_per_source`, default 8).
+    pub max_pending_per_source: usize,
     /// New mesh connections per second accepted from one source address (IPv6: one /64),
     /// in bursts of twice that (`handshake_rate_per_source`, default 20; 0 = no limit).
     pub handshake_rate_per_source: u32,
@@ -177,6 +180,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(5),
             link_wait: Duration::from_secs(5),
             max_pending_handshakes: 128,
+            max_pending_per_source: 8,
             handshake_rate_per_source: 20,
             rekey: crate::proto::rekey::RekeyPolicy::default(),
         }

@@ -54,6 +54,8 @@ pub(super) struct RawLimits {
     #[serde(default)]
     pub max_pending_handshakes: Option<Spanned<i64>>,
     #[serde(default)]
+    pub max_pending_per_source: Option<Spanned<i64>>,
+    #[serde(default)]
     pub handshake_rate_per_source: Option<Spanned<i64>>,
     #[serde(default)]
     pub rekey_interval_ms: Option<Spanned<i64>>,

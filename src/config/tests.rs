@@ -216,6 +216,36 @@ fn limits_are_read_and_range_checked() {
 }
 
 #[test]
+fn pending_per_source_defaults_and_is_range_checked() {
+    let f = Fixture::new();
+    f.good_manifest();
+    assert_eq!(
+        f.manifest()
+            .expect("valid")
+            .mesh
+            .limits
+            .max_pending_per_source,
+        8
+    );
+    f.write(
+        "peers/mesh.toml",
+        "mesh_id = \"example\"\n[limits]\nmax_pending_per_source = 2\n",
+    );
+    let l = f.manifest().expect("valid").mesh.limits;
+    assert_eq!(l.max_pending_per_source, 2);
+    for bad in ["0", "65537", "-1"] {
+        f.write(
+            "peers/mesh.toml",
+            &format!("mesh_id = \"example\"\n[limits]\nmax_pending_per_source = {bad}\n"),
+        );
+        let diags = errors(f.manifest());
+        let d = find(&diags, "peers/mesh.toml", "limits.max_pending_per_source");
+        assert_eq!(d.line, Some(3), "{d}");
+        assert!(d.message.contains("1 to 65536"), "{d}");
+    }
+}
+
+#[test]
 fn rekey_limits_default_and_are_range_checked() {
     let f = Fixture::new();
     f.good_manifest();

@@ -618,6 +618,13 @@ fn validate_limits(src: &Source, raw: RawLimits, diags: &mut Vec<Diagnostic>) ->
         65536,
         d.max_pending_handshakes as u64,
     );
+    let pending_per_source = get(
+        &raw.max_pending_per_source,
+        "max_pending_per_source",
+        1,
+        65536,
+        d.max_pending_per_source as u64,
+    );
     let rate = get(
         &raw.handshake_rate_per_source,
         "handshake_rate_per_source",
@@ -670,6 +677,7 @@ fn validate_limits(src: &Source, raw: RawLimits, diags: &mut Vec<Diagnostic>) ->
         handshake_timeout: Duration::from_millis(handshake),
         link_wait: Duration::from_millis(link_wait),
         max_pending_handshakes: pending as usize,
+        max_pending_per_source: pending_per_source as usize,
         handshake_rate_per_source: rate as u32,
         rekey: crate::proto::rekey::RekeyPolicy {
             interval: Duration::from_millis(rekey_interval),

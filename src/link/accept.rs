@@ -1,12 +1,14 @@
 //! The accepting side: the mesh listener. Every connection must finish its handshake
 //! within the deadline, under a global cap on pending handshakes (at the cap the oldest
-//! one makes room); garbage is refused at the first bytes. An authenticated link runs its
-//! driver with this host's exits; a new link from a peer supersedes (closes) the older one.
+//! one makes room) and a per-source one (over it the newcomer is refused); garbage is
+//! refused at the first bytes. Refusals are counted, and logged at most a few lines per
+//! reason per 10 s (see `throttle`). An authenticated link runs its driver with this
+//! host's exits; a new link from a peer supersedes (closes) the older one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -18,9 +20,11 @@ use super::dial::read_exact;
 use super::driver::{Direction, Driver, Exits, CMD_CAPACITY};
 use super::pending::PendingHandshakes;
 use super::ratelimit::{SourceLimiter, Verdict};
+use super::replay::{Mark, MAX_AHEAD};
+use super::throttle::{LogLine, RejectLog};
 use super::transport::{self, Transport};
 use super::{LinkError, ReplayStore};
-use crate::admin::Metrics;
+use crate::admin::{Metrics, PENDING_PER_SOURCE};
 use crate::config::{AuthMode, Limits, PeerName};
 use crate::keys::{PairKey, PrivateKey, PublicKey};
 use crate::proto::handshake::{
@@ -168,6 +172,7 @@ pub async fn serve_mesh(
     cancel: CancellationToken,
 ) {
     let pending = PendingHandshakes::new(ctx.policy().limits.max_pending_handshakes);
+    let logs = Arc::new(RejectLog::default());
     let mut rate = ctx.policy().limits.handshake_rate_per_source;
     let mut limiter = SourceLimiter::new(rate, std::time::Instant::now());
     loop {
@@ -184,52 +189,77 @@ pub async fn serve_mesh(
                 }
             },
         };
+        let limits = ctx.policy().limits.clone();
         // Before any handshake work: one source may not flood the listener.
-        let now_rate = ctx.policy().limits.handshake_rate_per_source;
-        if now_rate != rate {
-            rate = now_rate;
+        if limits.handshake_rate_per_source != rate {
+            rate = limits.handshake_rate_per_source;
             limiter = SourceLimiter::new(rate, std::time::Instant::now());
         }
-        if let Verdict::Limit { log } = limiter.check(remote.ip(), std::time::Instant::now()) {
-            metrics.handshake_rejected(&LinkError::Handshake(HandshakeError::RateLimited));
+        let now = Instant::now();
+        if let Verdict::Limit { log } = limiter.check(remote.ip(), now) {
+            let err = LinkError::Handshake(HandshakeError::RateLimited);
+            metrics.handshake_rejected(&err);
+            // One line per source per 10 s, and a few per 10 s in all.
             if log {
-                tracing::warn!(
-                    %remote,
-                    reason = "rate_limited",
-                    limit_per_s = rate,
-                    "handshake rejected: {} (further refusals of this source are counted, not logged, for 10 s)",
-                    HandshakeError::RateLimited
-                );
+                if let LogLine::Write { suppressed } = logs.check(err.reason(), now) {
+                    tracing::warn!(
+                        %remote,
+                        reason = err.reason(),
+                        limit_per_s = rate,
+                        suppressed,
+                        "handshake rejected: {} (further refusals of this source are counted, not logged, for 10 s)",
+                        HandshakeError::RateLimited
+                    );
+                }
             }
             drop(socket);
             continue;
         }
-        // At the cap this evicts the oldest pending handshake (see `pending`).
-        let slot = pending.admit();
+        // At the global cap this evicts the oldest pending handshake (see `pending`);
+        // over its own share a source is refused instead.
+        let Ok(slot) = pending.admit(remote.ip(), limits.max_pending_per_source) else {
+            metrics.handshake_refused(PENDING_PER_SOURCE);
+            if let LogLine::Write { suppressed } = logs.check(PENDING_PER_SOURCE, now) {
+                tracing::warn!(
+                    %remote,
+                    reason = PENDING_PER_SOURCE,
+                    limit = limits.max_pending_per_source,
+                    suppressed,
+                    "handshake rejected: this source already has its share of pending handshakes"
+                );
+            }
+            drop(socket);
+            continue;
+        };
         let ctx2 = ctx.clone();
         let cancel2 = cancel.clone();
         let metrics = metrics.clone();
+        let logs = logs.clone();
         ctx.tracker.spawn(async move {
             let accepted = tokio::select! {
                 _ = cancel2.cancelled() => return,
                 _ = slot.evicted().cancelled() => {
-                    log_rejection(remote, &LinkError::Handshake(HandshakeError::Overloaded), &metrics);
+                    log_rejection(remote, &LinkError::Handshake(HandshakeError::Overloaded), &metrics, &logs);
                     return;
                 }
-                r = tokio::time::timeout(ctx2.policy().limits.handshake_timeout, accept_handshake(&ctx2, socket)) => r,
+                r = tokio::time::timeout(limits.handshake_timeout, accept_handshake(&ctx2, socket)) => r,
             };
             drop(slot);
             match accepted {
                 Ok(Ok(link)) => run_inbound(ctx2, link, remote, metrics, cancel2).await,
-                Ok(Err(e)) => log_rejection(remote, &e, &metrics),
-                Err(_) => log_rejection(remote, &LinkError::Handshake(HandshakeError::Timeout), &metrics),
+                Ok(Err(e)) => log_rejection(remote, &e, &metrics, &logs),
+                Err(_) => log_rejection(remote, &LinkError::Handshake(HandshakeError::Timeout), &metrics, &logs),
             }
         });
     }
 }
 
-fn log_rejection(remote: SocketAddr, err: &LinkError, metrics: &Metrics) {
+/// Counts a failed handshake and logs it within the reason's budget.
+fn log_rejection(remote: SocketAddr, err: &LinkError, metrics: &Metrics, logs: &RejectLog) {
     metrics.handshake_rejected(err);
+    let LogLine::Write { suppressed } = logs.check(err.reason(), Instant::now()) else {
+        return;
+    };
     let peer = match err {
         LinkError::Handshake(
             HandshakeError::UnknownPeer(p)
@@ -239,7 +269,7 @@ fn log_rejection(remote: SocketAddr, err: &LinkError, metrics: &Metrics) {
         ) => p.as_str(),
         _ => "",
     };
-    tracing::warn!(%remote, peer, reason = err.reason(), "handshake rejected: {err}");
+    tracing::warn!(%remote, peer, reason = err.reason(), suppressed, "handshake rejected: {err}");
 }
 
 async fn accept_handshake(
@@ -295,9 +325,25 @@ async fn accept_handshake(
         psk: &known.psk,
     };
     let responder = handshake::respond(&params, &msg1)?;
-    match ctx.replay.check_and_update(&peer, responder.timestamp()) {
-        Ok(true) => {}
-        Ok(false) => return Err(HandshakeError::Replay(peer.to_string()).into()),
+    let timestamp = responder.timestamp();
+    // A clock before 1970 makes every timestamp "ahead": refused, and logged below.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    match ctx.replay.check_and_update(&peer, timestamp, now).await {
+        Ok(Mark::Fresh) => {}
+        Ok(Mark::Replayed) => return Err(HandshakeError::Replay(peer.to_string()).into()),
+        Ok(Mark::TooFarAhead) => {
+            // msg1 authenticated the peer, so this is its clock (or a key holder's
+            // replay bait), not a stranger's: worth a line of its own.
+            tracing::warn!(
+                peer = %peer,
+                ahead_s = timestamp.saturating_sub(now) / 1_000_000_000,
+                max_ahead_s = MAX_AHEAD.as_secs(),
+                "msg1 timestamp is too far ahead of this host's clock; check both clocks"
+            );
+            return Err(HandshakeError::Replay(peer.to_string()).into());
+        }
         Err(e) => {
             return Err(LinkError::Io(std::io::Error::other(e.to_string())));
         }

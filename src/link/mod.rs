@@ -25,6 +25,7 @@ mod ratelimit;
 mod rekey;
 pub mod replay;
 mod stream;
+mod throttle;
 mod transport;
 
 pub use accept::{serve_mesh, AcceptContext, AcceptPolicy, KnownPeer};

@@ -4,8 +4,11 @@
 //! far below the limit; a flood from one source is refused at accept and counted.
 //!
 //! Sans-IO: the caller passes the time. Memory is bounded: buckets that have refilled
-//! are swept, and past [`MAX_SOURCES`] tracked sources new ones are refused until a sweep
-//! frees room (the global cap on pending handshakes still applies to everyone).
+//! are swept, and at [`MAX_SOURCES`] tracked sources a new one first sweeps, then evicts
+//! the stalest sixteenth of the table (least recently seen). Refusing new sources instead
+//! would let anyone with enough addresses (an IPv6 /48 holds 65 536 /64s) fill the
+//! table and lock every newcomer out without a log line; evicting the stalest costs at
+//! most a fresh burst for sources idle the longest, while active flooders stay tracked.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,6 +18,8 @@ use std::time::{Duration, Instant};
 pub const MAX_SOURCES: usize = 65_536;
 /// How often full buckets are swept away.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How many of the stalest sources one eviction removes (amortising its full scan).
+const EVICT_BATCH: usize = MAX_SOURCES / 16;
 /// One refusal log line per source at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -45,7 +50,7 @@ pub struct SourceLimiter {
 }
 
 /// The key of a source: the address, or its /64 for IPv6.
-fn source_key(ip: IpAddr) -> IpAddr {
+pub(super) fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -82,7 +87,10 @@ impl SourceLimiter {
         }
         let key = source_key(ip);
         if !self.buckets.contains_key(&key) && self.buckets.len() >= MAX_SOURCES {
-            return Verdict::Limit { log: false };
+            self.sweep(now);
+            if self.buckets.len() >= MAX_SOURCES {
+                self.evict_stalest();
+            }
         }
         let (rate, burst) = (self.rate, self.burst);
         let b = self.buckets.entry(key).or_insert(Bucket {
@@ -114,10 +122,30 @@ impl SourceLimiter {
         self.last_sweep = now;
     }
 
+    /// Forgets the [`EVICT_BATCH`] sources seen least recently.
+    fn evict_stalest(&mut self) {
+        let mut by_age: Vec<(Instant, IpAddr)> =
+            self.buckets.iter().map(|(k, b)| (b.last, *k)).collect();
+        let batch = EVICT_BATCH.min(by_age.len());
+        if batch == 0 {
+            return;
+        }
+        by_age.select_nth_unstable_by_key(batch - 1, |(last, _)| *last);
+        for (_, key) in &by_age[..batch] {
+            self.buckets.remove(key);
+        }
+    }
+
     /// Sources tracked now.
     #[cfg(test)]
     fn tracked(&self) -> usize {
         self.buckets.len()
+    }
+
+    /// Whether `ip`'s source is tracked now.
+    #[cfg(test)]
+    fn is_tracked(&self, ip: IpAddr) -> bool {
+        self.buckets.contains_key(&source_key(ip))
     }
 }
 
@@ -180,15 +208,39 @@ mod tests {
         assert_eq!(l.tracked(), 1000);
         l.check(ip("192.0.2.1"), t0 + SWEEP_EVERY);
         assert_eq!(l.tracked(), 1, "full buckets swept");
+    }
 
+    #[test]
+    fn a_full_table_evicts_the_stalest_sources_instead_of_refusing_newcomers() {
+        let t0 = Instant::now();
+        // 1 per second: a bucket takes 2 s to refill, so nothing is swept below.
         let mut l = SourceLimiter::new(1, t0);
-        for i in 0..MAX_SOURCES as u32 {
-            l.check(IpAddr::V4(std::net::Ipv4Addr::from(i)), t0);
+        let source = |i: usize| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i as u32));
+        // Source i is last seen at t0 + i µs: source 0 is the stalest.
+        for i in 0..MAX_SOURCES {
+            let at = t0 + Duration::from_micros(i as u64);
+            assert_eq!(l.check(source(i), at), Verdict::Allow);
         }
-        assert_eq!(
-            l.check(ip("203.0.113.1"), t0),
-            Verdict::Limit { log: false }
-        );
+        assert_eq!(l.tracked(), MAX_SOURCES);
+        // The newest source floods: over its burst it is refused.
+        let flooder = source(MAX_SOURCES - 1);
+        let later = t0 + Duration::from_millis(100);
+        assert_eq!(l.check(flooder, later), Verdict::Allow);
+        assert!(matches!(l.check(flooder, later), Verdict::Limit { .. }));
+
+        // A new source gets in, and room is made by dropping the stalest ones.
+        assert_eq!(l.check(ip("203.0.113.1"), later), Verdict::Allow);
+        assert_eq!(l.tracked(), MAX_SOURCES - EVICT_BATCH + 1);
+        assert!(!l.is_tracked(source(0)), "the stalest source was evicted");
+        assert!(!l.is_tracked(source(EVICT_BATCH - 1)));
+        assert!(l.is_tracked(source(EVICT_BATCH)), "only the stalest batch");
+        // The flooder was seen recently: it is still tracked, and still refused.
+        assert!(matches!(l.check(flooder, later), Verdict::Limit { .. }));
+        // Newcomers keep getting in without another eviction until the room is used.
+        for i in 0..EVICT_BATCH - 1 {
+            let a = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, (i >> 8) as u8, i as u8));
+            assert_eq!(l.check(a, later), Verdict::Allow, "newcomer {i}");
+        }
         assert_eq!(l.tracked(), MAX_SOURCES);
     }
 
