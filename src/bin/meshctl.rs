@@ -15,7 +15,6 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use meshd::config::lint::code_of;
 use meshd::config::stunnel::{self, HostInput, ImportError};
 use meshd::config::{self, ConfigError, Diagnostic, HostPort, PeerName};
 use meshd::keys::{self, KeyError, PublicKey};
@@ -473,10 +472,10 @@ fn check(manifest: &Path, format: Format) -> anyhow::Result<ExitCode> {
     match format {
         Format::Text => {
             for d in &errors {
-                writeln!(stdout, "error: {d} [{}]", code_of(d))?;
+                writeln!(stdout, "error: {d} [{}]", d.code)?;
             }
             for d in &warnings {
-                writeln!(stdout, "warning: {d} [{}]", code_of(d))?;
+                writeln!(stdout, "warning: {d} [{}]", d.code)?;
             }
             writeln!(
                 stdout,
@@ -510,7 +509,7 @@ fn plural(n: usize) -> &'static str {
 
 fn diag_json(d: &Diagnostic) -> serde_json::Value {
     serde_json::json!({
-        "code": code_of(d),
+        "code": d.code.as_str(),
         "file": d.file.display().to_string(),
         "line": d.line,
         "field": d.field,
