@@ -125,6 +125,10 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// The whole mesh: this host's links and those of every peer it dials (asked over
+        /// the links), as a matrix, with the pairs whose two ends disagree.
+        #[arg(long)]
+        mesh: bool,
     },
 }
 
@@ -178,7 +182,16 @@ fn main() -> ExitCode {
             out,
             mesh_id,
         } => import_stunnel(&hosts, &addrs, &out, &mesh_id),
-        Command::Status { admin, format } => status::run(&admin, matches!(format, Format::Json)),
+        Command::Status {
+            admin,
+            format,
+            mesh: false,
+        } => status::run(&admin, matches!(format, Format::Json)),
+        Command::Status {
+            admin,
+            format,
+            mesh: true,
+        } => status::run_mesh(&admin, matches!(format, Format::Json)),
         Command::Reload { admin } => status::reload(&admin),
         Command::Cert(cmd) => cert::run(cmd),
     };
