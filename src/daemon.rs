@@ -147,6 +147,8 @@ pub struct Daemon {
     entrances: BTreeMap<SocketAddr, Entrance>,
     dialers: BTreeMap<PeerName, Dialer>,
     tls: Arc<TlsStore>,
+    /// The dialed links as `/mesh` sees them; republished whenever `dialers` changes.
+    links: admin::LinkDirectory,
 }
 
 impl fmt::Debug for Daemon {
@@ -259,6 +261,7 @@ impl Daemon {
         let mesh_addr = mesh_listener.local_addr().unwrap_or(cfg.listen);
         let admin_addr = admin_listener.local_addr().ok();
         let exits = Arc::new(ExitTable::new(
+            cfg.host.name.clone(),
             cfg.me().services.clone(),
             tracker.clone(),
             metrics.clone(),
@@ -282,11 +285,13 @@ impl Daemon {
             cancel.clone(),
         ));
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+        let links = admin::LinkDirectory::default();
         let admin_state = Arc::new(AdminState {
             reload: Some(reload_tx),
             host: cfg.host.name.to_string(),
             metrics: metrics.clone(),
             started: std::time::Instant::now(),
+            links: links.clone(),
         });
         let admin_tracker = TaskTracker::new();
         admin_tracker.spawn(admin::serve_admin(
@@ -310,10 +315,12 @@ impl Daemon {
             entrances: BTreeMap::new(),
             dialers: BTreeMap::new(),
             tls,
+            links,
         };
         for (peer, ctx) in dial_contexts(&daemon.cfg, &daemon.tls) {
             daemon.spawn_dialer(peer, ctx);
         }
+        daemon.publish_links();
         for (fwd, listener) in listeners {
             daemon.spawn_entrance(fwd, listener);
         }
@@ -359,6 +366,16 @@ impl Daemon {
     /// The running configuration.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Hands the admin server the current dialed links, for `/mesh`.
+    fn publish_links(&self) {
+        let links = self
+            .dialers
+            .iter()
+            .map(|(peer, d)| (peer.clone(), d.slot.subscribe()))
+            .collect();
+        *self.links.write().unwrap_or_else(|p| p.into_inner()) = links;
     }
 
     fn spawn_dialer(&mut self, peer: PeerName, ctx: DialContext) {
@@ -506,6 +523,7 @@ impl Daemon {
             self.spawn_dialer(peer, ctx);
             summary.links_added += 1;
         }
+        self.publish_links();
 
         // 4. Entrances: same address and same forward stays; changed is re-pointed on its
         //    listener; gone is closed.

@@ -1,8 +1,10 @@
 //! The admin HTTP server and the daemon's metrics: `GET /metrics` (OpenMetrics text from
 //! one prometheus-client registry), `GET /healthz` (200 `ok`, or 503 listing the required
-//! links that are down) and `GET /status` (JSON, read by `meshctl status`).
+//! links that are down), `GET /status` (JSON, read by `meshctl status`), `GET /mesh`
+//! (every reachable host's link table as one matrix, see `mesh`) and `GET /` (a
+//! self-contained page that shows that matrix and refreshes itself).
 //!
-//! The server is a hand-written HTTP/1.1 subset (see `http`): three fixed GET routes, one
+//! The server is a hand-written HTTP/1.1 subset (see `http`): a few fixed routes, one
 //! request per connection, need no router, no keep-alive and no request bodies, and the
 //! whole of it fits in one screen and is tested without a socket.
 //!
@@ -23,10 +25,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod http;
+mod mesh;
 mod metrics;
+mod page;
 mod status;
 
 pub use http::{foreign_origin, parse_head, Head, Response, HEAD_DEADLINE, IO_DEADLINE, MAX_HEAD};
+pub use mesh::{Asymmetry, Cell, HostView, LinkDirectory, MeshReport, PEER_TIMEOUT};
 pub use metrics::{
     ByteCounters, LinkObserver, Metrics, RttObserver, StreamObserver, StreamResult,
     PENDING_PER_SOURCE,
@@ -61,6 +66,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// When the daemon started.
     pub started: Instant,
+    /// The links this host dials, which `/mesh` asks for their peers' tables.
+    pub links: LinkDirectory,
 }
 
 impl AdminState {
@@ -75,6 +82,7 @@ impl AdminState {
             }
         }
         match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/mesh") => self.mesh().await,
             ("GET", path) => self.get(path),
             ("POST", "/reload") => self.reload().await,
             (_, "/reload") => Response::text(405, "use POST /reload\n"),
@@ -99,6 +107,15 @@ impl AdminState {
         }
     }
 
+    /// `GET /mesh`: this host's table and each dialed peer's, as one matrix.
+    async fn mesh(&self) -> Response {
+        let own = self
+            .metrics
+            .status(&self.host, &self.metrics.config_hash(), self.started);
+        let report = mesh::gather(own, &self.links).await;
+        json(&report)
+    }
+
     /// Answers one GET.
     fn get(&self, path: &str) -> Response {
         match path {
@@ -111,24 +128,36 @@ impl AdminState {
                 None => Response::text(200, "ok\n"),
                 Some(why) => Response::text(503, format!("{why}\n")),
             },
-            "/status" => {
-                let report =
-                    self.metrics
-                        .status(&self.host, &self.metrics.config_hash(), self.started);
-                match serde_json::to_string_pretty(&report) {
-                    Ok(mut body) => {
-                        body.push('\n');
-                        Response {
-                            status: 200,
-                            content_type: "application/json",
-                            body,
-                        }
-                    }
-                    Err(e) => Response::text(500, format!("{e}\n")),
-                }
-            }
-            _ => Response::text(404, "not found; try /metrics, /healthz or /status\n"),
+            "/status" => json(&self.metrics.status(
+                &self.host,
+                &self.metrics.config_hash(),
+                self.started,
+            )),
+            "/" => Response {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: page::MESH_PAGE.to_owned(),
+            },
+            _ => Response::text(
+                404,
+                "not found; try /, /metrics, /healthz, /status or /mesh\n",
+            ),
         }
+    }
+}
+
+/// A JSON document as a 200 response.
+fn json<T: serde::Serialize>(doc: &T) -> Response {
+    match serde_json::to_string_pretty(doc) {
+        Ok(mut body) => {
+            body.push('\n');
+            Response {
+                status: 200,
+                content_type: "application/json",
+                body,
+            }
+        }
+        Err(e) => Response::text(500, format!("{e}\n")),
     }
 }
 

@@ -15,7 +15,6 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use meshd::config::lint::code_of;
 use meshd::config::stunnel::{self, HostInput, ImportError};
 use meshd::config::{self, ConfigError, Diagnostic, HostPort, PeerName};
 use meshd::keys::{self, KeyError, PublicKey};
@@ -126,6 +125,10 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// The whole mesh: this host's links and those of every peer it dials (asked over
+        /// the links), as a matrix, with the pairs whose two ends disagree.
+        #[arg(long)]
+        mesh: bool,
     },
 }
 
@@ -179,7 +182,16 @@ fn main() -> ExitCode {
             out,
             mesh_id,
         } => import_stunnel(&hosts, &addrs, &out, &mesh_id),
-        Command::Status { admin, format } => status::run(&admin, matches!(format, Format::Json)),
+        Command::Status {
+            admin,
+            format,
+            mesh: false,
+        } => status::run(&admin, matches!(format, Format::Json)),
+        Command::Status {
+            admin,
+            format,
+            mesh: true,
+        } => status::run_mesh(&admin, matches!(format, Format::Json)),
         Command::Reload { admin } => status::reload(&admin),
         Command::Cert(cmd) => cert::run(cmd),
     };
@@ -473,10 +485,10 @@ fn check(manifest: &Path, format: Format) -> anyhow::Result<ExitCode> {
     match format {
         Format::Text => {
             for d in &errors {
-                writeln!(stdout, "error: {d} [{}]", code_of(d))?;
+                writeln!(stdout, "error: {d} [{}]", d.code)?;
             }
             for d in &warnings {
-                writeln!(stdout, "warning: {d} [{}]", code_of(d))?;
+                writeln!(stdout, "warning: {d} [{}]", d.code)?;
             }
             writeln!(
                 stdout,
@@ -510,7 +522,7 @@ fn plural(n: usize) -> &'static str {
 
 fn diag_json(d: &Diagnostic) -> serde_json::Value {
     serde_json::json!({
-        "code": code_of(d),
+        "code": d.code.as_str(),
         "file": d.file.display().to_string(),
         "line": d.line,
         "field": d.field,

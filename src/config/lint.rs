@@ -1,43 +1,156 @@
 //! Stable codes for manifest diagnostics, so a CI job can match a finding
 //! (`"code": "duplicate-key"` in `meshctl check --format json`) without parsing messages.
 //!
-//! The code is derived from a [`Diagnostic`]'s field and message rather than stored in it:
-//! validation stays the single place that words a problem, and this module only names it.
-//! `tests/lint.rs` runs a fixture per code through the real binary, so a reworded message
-//! that would silently change a code fails there.
+//! Each [`Diagnostic`](super::Diagnostic) carries its [`Code`] from the place validation
+//! finds the problem; the English message can be reworded freely. `tests/lint.rs` runs a
+//! fixture per code through the real binary.
 
-use super::Diagnostic;
+/// The stable code of a finding, set where the finding is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Code {
+    /// A service's `allow` lists the peer that exports it.
+    AllowSelf,
+    /// An `allow` list names a peer with no file.
+    AllowUnknownPeer,
+    /// An `allow` entry that is not a peer name.
+    BadAllow,
+    /// An endpoint that is not `host:port`.
+    BadEndpoint,
+    /// A forward's `to` that is not `peer/service`.
+    BadForwardTo,
+    /// A `public_key` that is not a base64 X25519 key.
+    BadKey,
+    /// A forward's `listen` that is not an IP address and port.
+    BadListen,
+    /// `mesh_id`, `auth` or a `[limits]` value out of its range.
+    BadMeshSettings,
+    /// A peer file whose name is not a peer name.
+    BadPeerName,
+    /// A service name that is not a service name (or is reserved).
+    BadServiceName,
+    /// A service `target` that is not `host:port`.
+    BadTarget,
+    /// Two peers share one `public_key`.
+    DuplicateKey,
+    /// Two forwards of one peer listen on one address.
+    DuplicateListen,
+    /// A forward listens on a public address without `public = true`.
+    ExposedForward,
+    /// A forward's target service does not allow the forwarding peer.
+    ForwardNotAllowed,
+    /// A forward to a service of its own peer.
+    ForwardToSelf,
+    /// A forward names a peer that does not exist.
+    ForwardUnknownPeer,
+    /// A forward names a service its peer does not export.
+    ForwardUnknownService,
+    /// Anything not classified more precisely (pairs, CA pins, host config).
+    Invalid,
+    /// A manifest without peer files.
+    NoPeers,
+    /// A service whose target is a public address.
+    PublicTarget,
+    /// TOML syntax, a missing or unknown field, a wrong type.
+    Schema,
+    /// A peer without endpoints that others forward to.
+    UnreachablePeer,
+    /// A file that cannot be read.
+    UnreadableFile,
+    /// The manifest directory is missing or has no `mesh.toml`.
+    UnusableManifest,
+    /// A service that allows nobody.
+    UnusedService,
+}
 
-/// Every code [`code_of`] can return for a problem `meshctl check` reports, with whether it
-/// is a warning (the manifest still loads) or an error.
-pub const CODES: &[(&str, Severity)] = &[
-    ("allow-self", Severity::Error),
-    ("allow-unknown-peer", Severity::Error),
-    ("bad-allow", Severity::Error),
-    ("bad-endpoint", Severity::Error),
-    ("bad-forward-to", Severity::Error),
-    ("bad-key", Severity::Error),
-    ("bad-listen", Severity::Error),
-    ("bad-mesh-settings", Severity::Error),
-    ("bad-peer-name", Severity::Error),
-    ("bad-service-name", Severity::Error),
-    ("bad-target", Severity::Error),
-    ("duplicate-key", Severity::Error),
-    ("duplicate-listen", Severity::Error),
-    ("exposed-forward", Severity::Error),
-    ("forward-not-allowed", Severity::Error),
-    ("forward-to-self", Severity::Error),
-    ("forward-unknown-peer", Severity::Error),
-    ("forward-unknown-service", Severity::Error),
-    ("invalid", Severity::Error),
-    ("no-peers", Severity::Error),
-    ("public-target", Severity::Warning),
-    ("schema", Severity::Error),
-    ("unreachable-peer", Severity::Warning),
-    ("unreadable-file", Severity::Error),
-    ("unusable-manifest", Severity::Error),
-    ("unused-service", Severity::Warning),
-];
+impl Code {
+    /// Every code, in the order of [`CODES`].
+    pub const ALL: [Code; 26] = [
+        Code::AllowSelf,
+        Code::AllowUnknownPeer,
+        Code::BadAllow,
+        Code::BadEndpoint,
+        Code::BadForwardTo,
+        Code::BadKey,
+        Code::BadListen,
+        Code::BadMeshSettings,
+        Code::BadPeerName,
+        Code::BadServiceName,
+        Code::BadTarget,
+        Code::DuplicateKey,
+        Code::DuplicateListen,
+        Code::ExposedForward,
+        Code::ForwardNotAllowed,
+        Code::ForwardToSelf,
+        Code::ForwardUnknownPeer,
+        Code::ForwardUnknownService,
+        Code::Invalid,
+        Code::NoPeers,
+        Code::PublicTarget,
+        Code::Schema,
+        Code::UnreachablePeer,
+        Code::UnreadableFile,
+        Code::UnusableManifest,
+        Code::UnusedService,
+    ];
+
+    /// The code as `meshctl check` prints it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Code::AllowSelf => "allow-self",
+            Code::AllowUnknownPeer => "allow-unknown-peer",
+            Code::BadAllow => "bad-allow",
+            Code::BadEndpoint => "bad-endpoint",
+            Code::BadForwardTo => "bad-forward-to",
+            Code::BadKey => "bad-key",
+            Code::BadListen => "bad-listen",
+            Code::BadMeshSettings => "bad-mesh-settings",
+            Code::BadPeerName => "bad-peer-name",
+            Code::BadServiceName => "bad-service-name",
+            Code::BadTarget => "bad-target",
+            Code::DuplicateKey => "duplicate-key",
+            Code::DuplicateListen => "duplicate-listen",
+            Code::ExposedForward => "exposed-forward",
+            Code::ForwardNotAllowed => "forward-not-allowed",
+            Code::ForwardToSelf => "forward-to-self",
+            Code::ForwardUnknownPeer => "forward-unknown-peer",
+            Code::ForwardUnknownService => "forward-unknown-service",
+            Code::Invalid => "invalid",
+            Code::NoPeers => "no-peers",
+            Code::PublicTarget => "public-target",
+            Code::Schema => "schema",
+            Code::UnreachablePeer => "unreachable-peer",
+            Code::UnreadableFile => "unreadable-file",
+            Code::UnusableManifest => "unusable-manifest",
+            Code::UnusedService => "unused-service",
+        }
+    }
+
+    /// Whether a finding with this code fails `meshctl check`.
+    pub const fn severity(self) -> Severity {
+        match self {
+            Code::PublicTarget | Code::UnreachablePeer | Code::UnusedService => Severity::Warning,
+            _ => Severity::Error,
+        }
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every code a finding of `meshctl check` can carry, with whether it is a warning (the
+/// manifest still loads) or an error.
+pub const CODES: &[(&str, Severity)] = &{
+    let mut out = [("", Severity::Error); Code::ALL.len()];
+    let mut i = 0;
+    while i < Code::ALL.len() {
+        out[i] = (Code::ALL[i].as_str(), Code::ALL[i].severity());
+        i += 1;
+    }
+    out
+};
 
 /// Whether a finding fails `meshctl check`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,155 +161,30 @@ pub enum Severity {
     Warning,
 }
 
-/// The stable code of a diagnostic from `load_manifest`, `check_manifest_dir` or
-/// `lint_manifest`; `"invalid"` for anything not classified more precisely.
-pub fn code_of(d: &Diagnostic) -> &'static str {
-    let field = d.field.as_str();
-    let msg = d.message.as_str();
-    let has = |s: &str| msg.contains(s);
-
-    if field.is_empty() {
-        return if msg.starts_with("file name:") {
-            "bad-peer-name"
-        } else if msg.starts_with("no peers") {
-            "no-peers"
-        } else if msg.starts_with("cannot read this file") {
-            "unreadable-file"
-        } else if has("manifest directory") || has("needs mesh.toml") {
-            "unusable-manifest"
-        } else {
-            // A TOML syntax error, a missing or unknown field, a wrong type.
-            "schema"
-        };
-    }
-    if field == "public_key" {
-        return if has("same public key as") {
-            "duplicate-key"
-        } else {
-            "bad-key"
-        };
-    }
-    if field == "endpoints" {
-        return "unreachable-peer";
-    }
-    if field.starts_with("endpoints[") {
-        return "bad-endpoint";
-    }
-    if field == "mesh_id" || field == "auth" || field.starts_with("limits.") {
-        return "bad-mesh-settings";
-    }
-    if field.starts_with("forwards[") {
-        if field.ends_with(".listen") {
-            return if has("is already the listen address") {
-                "duplicate-listen"
-            } else if has("reachable from outside") {
-                "exposed-forward"
-            } else {
-                "bad-listen"
-            };
-        }
-        if field.ends_with(".to") {
-            return if has("cannot forward to itself") {
-                "forward-to-self"
-            } else if has("has no service") {
-                "forward-unknown-service"
-            } else if has("does not allow") {
-                "forward-not-allowed"
-            } else if has("unknown peer") {
-                "forward-unknown-peer"
-            } else {
-                "bad-forward-to"
-            };
-        }
-    }
-    if let Some(rest) = field.strip_prefix("services.") {
-        // Service names never contain '.', but a rejected one might: look at the last part.
-        let last = rest.rsplit('.').next().unwrap_or(rest);
-        if rest.contains('.') {
-            if last == "allow" {
-                return "unused-service";
-            }
-            if last.starts_with("allow[") {
-                return if has("cannot forward to itself") {
-                    "allow-self"
-                } else if has("unknown peer") {
-                    "allow-unknown-peer"
-                } else {
-                    "bad-allow"
-                };
-            }
-            if last == "target" {
-                return if has("public address") {
-                    "public-target"
-                } else {
-                    "bad-target"
-                };
-            }
-        }
-        return "bad-service-name";
-    }
-    "invalid"
-}
-
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
 
-    fn d(field: &str, message: &str) -> Diagnostic {
-        Diagnostic {
-            file: PathBuf::from("peers/a.toml"),
-            line: Some(1),
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
     #[test]
-    fn every_code_is_listed() {
-        let samples = [
-            d("", "file name: invalid peer name"),
-            d("", "no peers: add one file"),
-            d("", "cannot read this file: denied"),
-            d("", "manifest directory does not exist"),
-            d("", "unknown field `x`"),
-            d("public_key", "same public key as peer \"b\""),
-            d("public_key", "not a valid public key"),
-            d("endpoints", "no endpoints, but b forward to it"),
-            d("endpoints[0]", "has no port"),
-            d("limits.max_streams", "out of range"),
-            d(
-                "forwards[0].listen",
-                "x is already the listen address of forwards[0]",
-            ),
-            d(
-                "forwards[1].listen",
-                "listens on 0.0.0.0, which is reachable from outside",
-            ),
-            d("forwards[1].listen", "not an IP address"),
-            d("forwards[0].to", "a peer cannot forward to itself"),
-            d("forwards[0].to", "peer \"b\" has no service \"x\""),
-            d("forwards[0].to", "b/x does not allow a"),
-            d("forwards[0].to", "unknown peer \"z\""),
-            d("forwards[0].to", "\"x\" is not \"peer/service\""),
-            d("services.db.allow", "allows no peer"),
-            d("services.db.allow[0]", "unknown peer \"z\""),
-            d("services.db.allow[0]", "a peer cannot forward to itself"),
-            d("services.db.allow[0]", "invalid peer name"),
-            d("services.db.target", "target 8.8.8.8:1 is a public address"),
-            d("services.db.target", "has no port"),
-            d("services.Bad.Name", "invalid service name"),
-            d("who", "knows"),
-        ];
-        for s in &samples {
-            let code = code_of(s);
-            assert!(CODES.iter().any(|(c, _)| *c == code), "{code} not in CODES");
+    fn codes_are_unique_and_listed_in_order() {
+        let names: Vec<&str> = CODES.iter().map(|(c, _)| *c).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(names, sorted, "CODES are sorted and unique");
+        assert_eq!(names.len(), Code::ALL.len());
+        for (code, (name, sev)) in Code::ALL.iter().zip(CODES) {
+            assert_eq!(code.as_str(), *name);
+            assert_eq!(code.severity(), *sev);
         }
-        let mut seen: Vec<&str> = samples.iter().map(code_of).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        let all: Vec<&str> = CODES.iter().map(|(c, _)| *c).collect();
-        assert_eq!(seen, all, "each code has a sample, in CODES order");
+        let warnings: Vec<&str> = CODES
+            .iter()
+            .filter(|(_, s)| *s == Severity::Warning)
+            .map(|(c, _)| *c)
+            .collect();
+        assert_eq!(
+            warnings,
+            ["public-target", "unreachable-peer", "unused-service"]
+        );
     }
 }

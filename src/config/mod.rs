@@ -78,6 +78,21 @@ impl PeerName {
 impl ServiceName {
     const RULE: &'static str =
         "use 1-63 characters from a-z, 0-9, '-' and '_', starting with a letter or digit";
+
+    /// The built-in service every exit answers for its mesh peers with this host's link
+    /// table (`meshctl status --mesh`). A manifest cannot declare it: no valid service
+    /// name starts with '_'.
+    pub const STATUS: &'static str = "_status";
+
+    /// The name of the built-in status service.
+    pub fn status() -> Self {
+        Self(Self::STATUS.to_owned())
+    }
+
+    /// True for the built-in status service.
+    pub fn is_status(&self) -> bool {
+        self.0 == Self::STATUS
+    }
 }
 
 /// How links authenticate (`auth` in mesh.toml, overridable per pair in `[[pairs]]`).
@@ -324,6 +339,8 @@ impl Config {
 /// One problem found in a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// The stable code `meshctl check` reports, set where the problem is found.
+    pub code: lint::Code,
     /// The file.
     pub file: PathBuf,
     /// 1-based line, when known.

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::lint::{Code, Severity};
 use super::*;
 use crate::keys::{self, PublicKey};
 
@@ -933,4 +934,34 @@ fn tls_links_need_the_host_tls_files() {
         d.message
     );
     assert!(d.message.contains(&"00".repeat(32)), "{}", d.message);
+}
+
+#[test]
+fn builtin_service_names_are_reserved() {
+    let f = Fixture::new();
+    f.good_manifest();
+    let text = off2(&key()).replace("[services.mongodb]", "[services._status]");
+    let diags = off2_errors(&f, &text);
+    let d = find(&diags, "off2.toml", "services._status");
+    assert_eq!(d.code, Code::BadServiceName);
+    assert!(d.message.contains("is reserved"), "{d}");
+    assert!(ServiceName::new(ServiceName::STATUS).is_err());
+    assert!(ServiceName::status().is_status());
+}
+
+/// Each finding carries the code of the check that made it, whatever its message says.
+#[test]
+fn findings_carry_their_code() {
+    let f = Fixture::new();
+    f.good_manifest();
+    let text = off2(&key())
+        .replace("10.1.0.102:27017", "no-port")
+        .replace("\"moji\"]", "\"moji\", \"nobody\"]")
+        .replace("moji/off-query", "moji/nothing");
+    let diags = off2_errors(&f, &text);
+    let code = |field: &str| find(&diags, "off2.toml", field).code;
+    assert_eq!(code("services.mongodb.target"), Code::BadTarget);
+    assert_eq!(code("services.mongodb.allow[2]"), Code::AllowUnknownPeer);
+    assert_eq!(code("forwards[0].to"), Code::ForwardUnknownService);
+    assert!(diags.iter().all(|d| d.code.severity() == Severity::Error));
 }

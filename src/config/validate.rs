@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use toml::Spanned;
 
+use super::lint::Code;
 use super::raw::{RawForward, RawHost, RawLimits, RawMesh, RawPeer, RawService};
 use super::{
     AuthMode, Config, ConfigError, Diagnostic, Forward, HostConfig, HostPort, Limits, Manifest,
@@ -176,7 +177,11 @@ impl Source {
     fn read(path: PathBuf) -> Result<Self, Diagnostic> {
         match fs::read_to_string(&path) {
             Ok(text) => Ok(Self { path, text }),
-            Err(e) => Err(whole_file(&path, format!("cannot read this file: {e}"))),
+            Err(e) => Err(whole_file(
+                &path,
+                Code::UnreadableFile,
+                format!("cannot read this file: {e}"),
+            )),
         }
     }
 
@@ -192,10 +197,12 @@ impl Source {
     fn diag(
         &self,
         span: Option<Range<usize>>,
+        code: Code,
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> Diagnostic {
         Diagnostic {
+            code,
             file: self.path.clone(),
             line: span.map(|s| self.line(s)),
             field: field.into(),
@@ -206,19 +213,22 @@ impl Source {
     fn at<T>(
         &self,
         value: &Spanned<T>,
+        code: Code,
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> Diagnostic {
-        self.diag(Some(value.span()), field, message)
+        self.diag(Some(value.span()), code, field, message)
     }
 
     fn parse<T: DeserializeOwned>(&self) -> Result<T, Diagnostic> {
-        toml::from_str(&self.text).map_err(|e| self.diag(e.span(), "", e.message().trim_end()))
+        toml::from_str(&self.text)
+            .map_err(|e| self.diag(e.span(), Code::Schema, "", e.message().trim_end()))
     }
 }
 
-fn whole_file(path: &Path, message: impl Into<String>) -> Diagnostic {
+fn whole_file(path: &Path, code: Code, message: impl Into<String>) -> Diagnostic {
     Diagnostic {
+        code,
         file: path.to_path_buf(),
         line: None,
         field: String::new(),
@@ -234,15 +244,21 @@ pub fn check_manifest_dir(dir: &Path) -> Result<(), Diagnostic> {
         Ok(_) => {
             return Err(whole_file(
                 dir,
+                Code::UnusableManifest,
                 "not a directory; expected a manifest directory",
             ))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(whole_file(dir, "manifest directory does not exist"))
+            return Err(whole_file(
+                dir,
+                Code::UnusableManifest,
+                "manifest directory does not exist",
+            ))
         }
         Err(e) => {
             return Err(whole_file(
                 dir,
+                Code::UnusableManifest,
                 format!("cannot open manifest directory: {e}"),
             ))
         }
@@ -251,6 +267,7 @@ pub fn check_manifest_dir(dir: &Path) -> Result<(), Diagnostic> {
     if !mesh.is_file() {
         return Err(whole_file(
             &mesh,
+            Code::UnusableManifest,
             "missing: a manifest directory needs mesh.toml (mesh_id, auth)",
         ));
     }
@@ -319,6 +336,7 @@ pub fn load_manifest(dir: &Path) -> Result<Manifest, ConfigError> {
             Err(e) => {
                 diags.push(whole_file(
                     &path,
+                    Code::BadPeerName,
                     format!("file name: {e}; a peer file is named after its peer (NAME.toml)"),
                 ));
                 continue;
@@ -340,6 +358,7 @@ pub fn load_manifest(dir: &Path) -> Result<Manifest, ConfigError> {
     if names.is_empty() {
         diags.push(whole_file(
             dir,
+            Code::NoPeers,
             "no peers: add one file per peer (NAME.toml), e.g. with `meshctl add-peer`",
         ));
     }
@@ -367,7 +386,11 @@ pub fn load_manifest(dir: &Path) -> Result<Manifest, ConfigError> {
             Some(peer) => {
                 peers.insert(peer.name.clone(), peer);
             }
-            None => diags.push(whole_file(&file, "internal error: incomplete peer")),
+            None => diags.push(whole_file(
+                &file,
+                Code::Invalid,
+                "internal error: incomplete peer",
+            )),
         }
     }
     if !diags.is_empty() {
@@ -383,12 +406,22 @@ pub fn load_manifest(dir: &Path) -> Result<Manifest, ConfigError> {
 /// Every `*.toml` in `dir` other than mesh.toml (following symlinks, as an infra repo
 /// symlinked into /etc would need).
 fn peer_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
-    let entries = fs::read_dir(dir)
-        .map_err(|e| whole_file(dir, format!("cannot list manifest directory: {e}")))?;
+    let entries = fs::read_dir(dir).map_err(|e| {
+        whole_file(
+            dir,
+            Code::UnusableManifest,
+            format!("cannot list manifest directory: {e}"),
+        )
+    })?;
     let mut files = Vec::new();
     for entry in entries {
-        let entry =
-            entry.map_err(|e| whole_file(dir, format!("cannot list manifest directory: {e}")))?;
+        let entry = entry.map_err(|e| {
+            whole_file(
+                dir,
+                Code::UnusableManifest,
+                format!("cannot list manifest directory: {e}"),
+            )
+        })?;
         let path = dir.join(entry.file_name());
         let is_toml = path.extension().is_some_and(|e| e == "toml");
         if is_toml && entry.file_name() != MESH_FILE && path.is_file() {
@@ -406,6 +439,7 @@ fn parse_auth(
     src: &Source,
     a: &Spanned<String>,
     field: &str,
+    code: Code,
     diags: &mut Vec<Diagnostic>,
 ) -> AuthMode {
     match a.get_ref().as_str() {
@@ -415,6 +449,7 @@ fn parse_auth(
         other => {
             diags.push(src.at(
                 a,
+                code,
                 field,
                 format!("unknown auth mode {other:?}: use \"noise\", \"psk\" or \"tls\""),
             ));
@@ -437,18 +472,24 @@ fn validate_mesh(
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if !id_ok {
         diags.push(src.at(
-            &raw.mesh_id,
+            &raw.mesh_id, Code::BadMeshSettings,
             "mesh_id",
             format!("invalid mesh id {mesh_id:?}: use 1-64 characters from A-Z, a-z, 0-9, '.', '_' and '-'"),
         ));
     }
     let auth = match &raw.auth {
         None => AuthMode::Noise,
-        Some(a) => parse_auth(src, a, "auth", diags),
+        Some(a) => parse_auth(src, a, "auth", Code::BadMeshSettings, diags),
     };
     let mut pair_auth = BTreeMap::new();
     for (i, pair) in raw.pairs.iter().enumerate() {
-        let mode = parse_auth(src, &pair.auth, &format!("pairs[{i}].auth"), diags);
+        let mode = parse_auth(
+            src,
+            &pair.auth,
+            &format!("pairs[{i}].auth"),
+            Code::Invalid,
+            diags,
+        );
         let names: Vec<Option<PeerName>> = pair
             .peers
             .get_ref()
@@ -460,6 +501,7 @@ fn validate_mesh(
                     Ok(name) => {
                         let unknown = src.at(
                             n,
+                            Code::Invalid,
                             field,
                             format!(
                                 "unknown peer {:?}: no {}.toml in the manifest",
@@ -471,7 +513,7 @@ fn validate_mesh(
                         Some(name)
                     }
                     Err(e) => {
-                        diags.push(src.at(n, field, e));
+                        diags.push(src.at(n, Code::Invalid, field, e));
                         None
                     }
                 }
@@ -480,6 +522,7 @@ fn validate_mesh(
         if names.len() != 2 {
             diags.push(src.at(
                 &pair.peers,
+                Code::Invalid,
                 format!("pairs[{i}].peers"),
                 format!("a pair names exactly two peers, found {}", names.len()),
             ));
@@ -491,6 +534,7 @@ fn validate_mesh(
         if a == b {
             diags.push(src.at(
                 &pair.peers,
+                Code::Invalid,
                 format!("pairs[{i}].peers"),
                 format!("a pair needs two different peers, found {a} twice"),
             ));
@@ -500,6 +544,7 @@ fn validate_mesh(
         if pair_auth.insert(key.clone(), mode).is_some() {
             diags.push(src.at(
                 &pair.peers,
+                Code::Invalid,
                 format!("pairs[{i}].peers"),
                 format!("the pair {} / {} is listed twice", key.0, key.1),
             ));
@@ -517,6 +562,7 @@ fn validate_mesh(
                 Some(fp) => ca_fingerprints.push(fp),
                 None => diags.push(src.at(
                     v,
+                    Code::Invalid,
                     "ca_fingerprint",
                     format!(
                         "{item} is not a certificate fingerprint: write \"sha256:\" and 64 hex \
@@ -528,6 +574,7 @@ fn validate_mesh(
         if ca_fingerprints.is_empty() && diags.len() == before {
             diags.push(src.at(
                 v,
+                Code::Invalid,
                 "ca_fingerprint",
                 "an empty list pins nothing: remove the field or list the CA's fingerprint",
             ));
@@ -553,6 +600,7 @@ fn validate_limits(src: &Source, raw: RawLimits, diags: &mut Vec<Diagnostic>) ->
             Some(s) => {
                 diags.push(src.at(
                     s,
+                    Code::BadMeshSettings,
                     format!("limits.{name}"),
                     format!("{} is out of range: use {lo} to {hi}", s.get_ref()),
                 ));
@@ -659,6 +707,7 @@ fn validate_limits(src: &Source, raw: RawLimits, diags: &mut Vec<Diagnostic>) ->
         if max_window < stream_window {
             diags.push(src.at(
                 v,
+                Code::BadMeshSettings,
                 "limits.max_stream_window",
                 format!(
                     "{max_window} is below stream_window ({stream_window}): a window cannot \
@@ -697,7 +746,7 @@ fn validate_peer(
     for (i, ep) in raw.endpoints.iter().enumerate() {
         match ep.get_ref().parse::<HostPort>() {
             Ok(hp) => endpoints.push(hp),
-            Err(e) => diags.push(src.at(ep, format!("endpoints[{i}]"), e)),
+            Err(e) => diags.push(src.at(ep, Code::BadEndpoint, format!("endpoints[{i}]"), e)),
         }
     }
 
@@ -706,6 +755,7 @@ fn validate_peer(
         Err(e) => {
             diags.push(src.at(
                 &raw.public_key,
+                Code::BadKey,
                 "public_key",
                 format!("{e}; copy the public_key line that `meshctl add-peer` wrote"),
             ));
@@ -722,7 +772,18 @@ fn validate_peer(
             Ok(n) => {
                 services.insert(n, draft);
             }
-            Err(e) => diags.push(src.at(svc_name, field, e)),
+            Err(_) if svc_name.get_ref().starts_with('_') => diags.push(src.at(
+                svc_name,
+                Code::BadServiceName,
+                field,
+                format!(
+                    "service name {:?} is reserved: names starting with '_' are meshd's own \
+                     (`{}` answers mesh status); rename the service",
+                    svc_name.get_ref(),
+                    ServiceName::STATUS
+                ),
+            )),
+            Err(e) => diags.push(src.at(svc_name, Code::BadServiceName, field, e)),
         }
     }
 
@@ -733,7 +794,7 @@ fn validate_peer(
         if let Some(listen) = draft.listen {
             if let Some(first) = listens.insert(listen, i) {
                 diags.push(src.at(
-                    &fwd.listen,
+                    &fwd.listen, Code::DuplicateListen,
                     format!("forwards[{i}].listen"),
                     format!("{listen} is already the listen address of forwards[{first}]; each forward needs its own address"),
                 ));
@@ -763,7 +824,7 @@ fn validate_service(
     let target = match raw.target.get_ref().parse::<HostPort>() {
         Ok(t) => Some(t),
         Err(e) => {
-            diags.push(src.at(&raw.target, format!("{field}.target"), e));
+            diags.push(src.at(&raw.target, Code::BadTarget, format!("{field}.target"), e));
             None
         }
     };
@@ -773,11 +834,12 @@ fn validate_service(
         match PeerName::new(a.get_ref()) {
             Ok(p) if &p == me => diags.push(src.at(
                 a,
+                Code::AllowSelf,
                 afield,
                 "a peer cannot forward to itself; remove it from allow",
             )),
             Ok(p) => allow.push((p, i, src.line(a.span()))),
-            Err(e) => diags.push(src.at(a, afield, e)),
+            Err(e) => diags.push(src.at(a, Code::BadAllow, afield, e)),
         }
     }
     ServiceDraft { target, allow }
@@ -795,6 +857,7 @@ fn validate_forward(
             if is_exposed(addr.ip()) && !raw.public {
                 diags.push(src.at(
                     &raw.listen,
+                    Code::ExposedForward,
                     format!("forwards[{i}].listen"),
                     format!(
                         "listens on {}, which is reachable from outside; use a loopback or \
@@ -807,7 +870,12 @@ fn validate_forward(
             Some(addr)
         }
         Err(e) => {
-            diags.push(src.at(&raw.listen, format!("forwards[{i}].listen"), e));
+            diags.push(src.at(
+                &raw.listen,
+                Code::BadListen,
+                format!("forwards[{i}].listen"),
+                e,
+            ));
             None
         }
     };
@@ -818,6 +886,7 @@ fn validate_forward(
         None => {
             diags.push(src.at(
                 &raw.to,
+                Code::BadForwardTo,
                 field,
                 format!("{to_str:?} is not \"peer/service\""),
             ));
@@ -825,12 +894,17 @@ fn validate_forward(
         }
         Some((p, s)) => match (PeerName::new(p), ServiceName::new(s)) {
             (Ok(p), _) if &p == me => {
-                diags.push(src.at(&raw.to, field, "a peer cannot forward to itself"));
+                diags.push(src.at(
+                    &raw.to,
+                    Code::ForwardToSelf,
+                    field,
+                    "a peer cannot forward to itself",
+                ));
                 None
             }
             (Ok(p), Ok(s)) => Some((p, s)),
             (Err(e), _) | (_, Err(e)) => {
-                diags.push(src.at(&raw.to, field, e));
+                diags.push(src.at(&raw.to, Code::BadForwardTo, field, e));
                 None
             }
         },
@@ -847,7 +921,8 @@ fn validate_forward(
 /// service that allows them.
 fn check_references(drafts: &[PeerDraft], names: &BTreeSet<PeerName>, diags: &mut Vec<Diagnostic>) {
     let by_name: BTreeMap<&PeerName, &PeerDraft> = drafts.iter().map(|d| (&d.name, d)).collect();
-    let at = |d: &PeerDraft, line: usize, field: String, message: String| Diagnostic {
+    let at = |d: &PeerDraft, code: Code, line: usize, field: String, message: String| Diagnostic {
+        code,
         file: d.file.clone(),
         line: Some(line),
         field,
@@ -859,6 +934,7 @@ fn check_references(drafts: &[PeerDraft], names: &BTreeSet<PeerName>, diags: &mu
                 if !names.contains(p) {
                     diags.push(at(
                         d,
+                        Code::AllowUnknownPeer,
                         *line,
                         format!("services.{svc}.allow[{i}]"),
                         format!("unknown peer \"{p}\""),
@@ -870,7 +946,13 @@ fn check_references(drafts: &[PeerDraft], names: &BTreeSet<PeerName>, diags: &mu
             let Some((peer, svc)) = &f.to else { continue };
             let field = format!("forwards[{i}].to");
             if !names.contains(peer) {
-                diags.push(at(d, f.to_line, field, format!("unknown peer \"{peer}\"")));
+                diags.push(at(
+                    d,
+                    Code::ForwardUnknownPeer,
+                    f.to_line,
+                    field,
+                    format!("unknown peer \"{peer}\""),
+                ));
                 continue;
             }
             // A peer whose own file failed to parse already has its own diagnostic.
@@ -888,6 +970,7 @@ fn check_references(drafts: &[PeerDraft], names: &BTreeSet<PeerName>, diags: &mu
                     };
                     diags.push(at(
                         d,
+                        Code::ForwardUnknownService,
                         f.to_line,
                         field,
                         format!("peer \"{peer}\" has no service \"{svc}\" ({known})"),
@@ -896,6 +979,7 @@ fn check_references(drafts: &[PeerDraft], names: &BTreeSet<PeerName>, diags: &mu
                 Some(s) if !s.allow.iter().any(|(p, _, _)| p == &d.name) => {
                     diags.push(at(
                         d,
+                        Code::ForwardNotAllowed,
                         f.to_line,
                         field,
                         format!(
@@ -928,6 +1012,7 @@ fn check_duplicate_keys(drafts: &[PeerDraft], diags: &mut Vec<Diagnostic>) {
                 .map(|o| format!("peer \"{}\" ({})", o.name, o.file.display()))
                 .collect();
             diags.push(Diagnostic {
+                code: Code::DuplicateKey,
                 file: d.file.clone(),
                 line: Some(d.key_line),
                 field: "public_key".into(),
@@ -973,7 +1058,8 @@ fn finish_peer(d: PeerDraft) -> Option<Peer> {
 pub fn lint_manifest(m: &Manifest) -> Vec<Diagnostic> {
     let mut warnings = Vec::new();
     let file = |p: &PeerName| m.dir.join(format!("{p}.toml"));
-    let warn = |p: &PeerName, field: String, message: String| Diagnostic {
+    let warn = |p: &PeerName, code: Code, field: String, message: String| Diagnostic {
+        code,
         file: file(p),
         line: None,
         field,
@@ -984,6 +1070,7 @@ pub fn lint_manifest(m: &Manifest) -> Vec<Diagnostic> {
             if svc.allow.is_empty() {
                 warnings.push(warn(
                     &peer.name,
+                    Code::UnusedService,
                     format!("services.{name}.allow"),
                     "allows no peer, so nobody can use this service; list the peers that need it"
                         .into(),
@@ -993,6 +1080,7 @@ pub fn lint_manifest(m: &Manifest) -> Vec<Diagnostic> {
                 if is_exposed(addr.ip()) {
                     warnings.push(warn(
                         &peer.name,
+                        Code::PublicTarget,
                         format!("services.{name}.target"),
                         format!(
                             "target {addr} is a public address; a service behind the mesh \
@@ -1012,6 +1100,7 @@ pub fn lint_manifest(m: &Manifest) -> Vec<Diagnostic> {
             if !dialers.is_empty() {
                 warnings.push(warn(
                     &peer.name,
+                    Code::UnreachablePeer,
                     "endpoints".into(),
                     format!(
                         "no endpoints, but {} forward to it: nobody can dial this peer",
@@ -1054,7 +1143,7 @@ fn parse_host(path: &Path) -> Result<(HostConfig, HostLines), Vec<Diagnostic>> {
     let resolve = |v: &Spanned<String>, field: &str, diags: &mut Vec<Diagnostic>| {
         let p = Path::new(v.get_ref());
         if v.get_ref().is_empty() {
-            diags.push(src.at(v, field, "must not be empty"));
+            diags.push(src.at(v, Code::Invalid, field, "must not be empty"));
         }
         if p.is_absolute() {
             p.to_path_buf()
@@ -1100,20 +1189,20 @@ fn parse_host(path: &Path) -> Result<(HostConfig, HostLines), Vec<Diagnostic>> {
                 missing.join(" and ")
             );
             match given {
-                Some(v) => diags.push(src.at(v, missing[0], msg)),
-                None => diags.push(src.diag(None, missing[0], msg)),
+                Some(v) => diags.push(src.at(v, Code::Invalid, missing[0], msg)),
+                None => diags.push(src.diag(None, Code::Invalid, missing[0], msg)),
             }
             None
         }
     };
 
     let name = PeerName::new(raw.name.get_ref())
-        .map_err(|e| diags.push(src.at(&raw.name, "name", e)))
+        .map_err(|e| diags.push(src.at(&raw.name, Code::Invalid, "name", e)))
         .ok();
     let mut addr = |v: &Option<Spanned<String>>, field: &str| {
         v.as_ref().and_then(|s| {
             parse_listen(s.get_ref())
-                .map_err(|e| diags.push(src.at(s, field, e)))
+                .map_err(|e| diags.push(src.at(s, Code::Invalid, field, e)))
                 .ok()
         })
     };
@@ -1125,6 +1214,7 @@ fn parse_host(path: &Path) -> Result<(HostConfig, HostLines), Vec<Diagnostic>> {
         Some(v) => {
             diags.push(src.at(
                 v,
+                Code::Invalid,
                 "busy_poll_us",
                 format!(
                     "{} is out of range: use 0 (never poll) to {MAX_BUSY_POLL_US}",
@@ -1139,7 +1229,7 @@ fn parse_host(path: &Path) -> Result<(HostConfig, HostLines), Vec<Diagnostic>> {
         Some(v) if (0..=MAX_DRAIN_GRACE_MS).contains(v.get_ref()) => *v.get_ref() as u64,
         Some(v) => {
             diags.push(src.at(
-                v,
+                v, Code::Invalid,
                 "drain_grace_ms",
                 format!(
                     "{} is out of range: use 0 (reset open streams at once) to {MAX_DRAIN_GRACE_MS}",
@@ -1184,7 +1274,9 @@ fn parse_host(path: &Path) -> Result<(HostConfig, HostLines), Vec<Diagnostic>> {
 pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
     let (host, lines) = parse_host(path).map_err(ConfigError::Invalid)?;
     let mut diags = Vec::new();
+    // Host config findings are not linted by `meshctl check`, which reads manifests only.
     let on_host = |line: Option<usize>, field: &str, message: String| Diagnostic {
+        code: Code::Invalid,
         file: host.path.clone(),
         line,
         field: field.into(),

@@ -630,6 +630,17 @@ impl TestMesh {
         self.host_mut(name).child = Some(child);
     }
 
+    /// Starts `name`'s daemon with extra environment variables (e.g. a fake systemd's
+    /// `NOTIFY_SOCKET`); panics if it is already running.
+    pub fn start_with_env(&mut self, name: &str, env: &[(&str, &str)]) {
+        assert!(!self.is_running(name), "{name} is already running");
+        self.mark_log(name);
+        let mut cmd = self.command(name);
+        cmd.envs(env.iter().copied());
+        let child = cmd.spawn().expect("spawn meshd");
+        self.host_mut(name).child = Some(child);
+    }
+
     /// The PID of `name`'s running daemon.
     pub fn pid(&mut self, name: &str) -> Option<u32> {
         if !self.is_running(name) {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use meshd::admin::{LinkReport, StatusReport};
+use meshd::admin::{LinkReport, MeshReport, StatusReport};
 
 /// Exit code when the admin server cannot be reached (the daemon is not running, or
 /// `--admin` is wrong): distinct from 1, "reached, and a link is down".
@@ -38,6 +38,121 @@ pub fn run(admin: &str, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `meshctl status --mesh`: the N×N matrix from `GET /mesh`. Exit 0 when every host
+/// answered, every link is up and no pair disagrees; 1 otherwise; 2 when the admin server
+/// cannot be reached.
+pub fn run_mesh(admin: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let fetched = request(admin, "GET", "/mesh").and_then(|(status, body)| {
+        if status != 200 {
+            bail!("GET /mesh answered {status}: is this a meshd admin address (meshd 0.1 with mesh status)?");
+        }
+        serde_json::from_str::<MeshReport>(&body)
+            .context("GET /mesh returned something else than a meshd mesh report")
+    });
+    let report = match fetched {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "meshctl: cannot reach the meshd admin server at {admin}: {e:#}\n\
+                 (is meshd running? --admin must match `admin` in its host config)"
+            );
+            return Ok(ExitCode::from(EX_UNREACHABLE));
+        }
+    };
+    let mut stdout = io::stdout().lock();
+    if json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        write!(stdout, "{}", render_mesh(&report))?;
+    }
+    stdout.flush()?;
+    Ok(if report.all_up() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The matrix: one row per host (whose table it is), one column per peer; then the
+/// asymmetries, the hosts without a report, and the last errors of the links down.
+pub fn render_mesh(m: &MeshReport) -> String {
+    let names: Vec<&str> = m.hosts.iter().map(|h| h.host.as_str()).collect();
+    let reported = |n: &str| m.hosts.iter().any(|h| h.host == n && h.report.is_some());
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut header = vec!["SEES →".to_owned()];
+    header.extend(names.iter().map(|n| n.to_string()));
+    rows.push(header);
+    for &from in &names {
+        let mut row = vec![from.to_owned()];
+        for &to in &names {
+            let cell = if from == to {
+                "-".to_owned()
+            } else if let Some(c) = m.cell(from, to) {
+                match (c.state.as_str(), c.rtt_ms) {
+                    ("up", Some(ms)) => format!("up {ms:.2}ms"),
+                    ("up", None) => "up".to_owned(),
+                    _ => "DOWN".to_owned(),
+                }
+            } else if reported(from) {
+                ".".to_owned()
+            } else {
+                "?".to_owned()
+            };
+            row.push(cell);
+        }
+        rows.push(row);
+    }
+    let cols = names.len() + 1;
+    let mut widths = vec![0usize; cols];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = format!(
+        "mesh as seen from {} (row: the host whose link table it is; column: its peer)\n",
+        m.host
+    );
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out.push_str("(. no link between them in that host's table, ? that host did not report)\n");
+    for h in m.hosts.iter().filter(|h| h.report.is_none()) {
+        out.push_str(&format!(
+            "no report from {}: {}\n",
+            h.host,
+            h.error.as_deref().unwrap_or("unknown")
+        ));
+    }
+    for a in &m.asymmetries {
+        out.push_str(&format!(
+            "ASYMMETRY: {} sees {} up, {} sees {}: {}\n",
+            a.up_at, a.other, a.other, a.up_at, a.other_sees
+        ));
+    }
+    for c in m.cells.iter().filter(|c| c.state != "up") {
+        out.push_str(&format!(
+            "{} -> {} DOWN: {}\n",
+            c.from,
+            c.to,
+            c.last_error.as_deref().unwrap_or("no error recorded")
+        ));
+    }
+    if m.all_up() {
+        out.push_str(&format!(
+            "all {} hosts answered, every link up\n",
+            names.len()
+        ));
+    }
+    out
 }
 
 fn fetch(admin: &str) -> anyhow::Result<StatusReport> {

@@ -175,7 +175,8 @@ async fn run_daemon(path: PathBuf, single_thread: bool) -> ExitCode {
         }
     };
     let mut requests = daemon.take_reload_requests();
-    notify_systemd("READY=1");
+    notify_systemd(sd_notify::NotifyState::Ready);
+    spawn_watchdog();
     loop {
         let reply = tokio::select! {
             signal = signals.next() => match signal {
@@ -184,14 +185,14 @@ async fn run_daemon(path: PathBuf, single_thread: bool) -> ExitCode {
             },
             Some(reply) = next_request(&mut requests) => Some(reply),
         };
-        notify_systemd("RELOADING=1");
+        notify_systemd(sd_notify::NotifyState::Reloading);
         let result = reload(&mut daemon, &path, single_thread).await;
         if let Some(reply) = reply {
             let _ = reply.send(result);
         }
-        notify_systemd("READY=1");
+        notify_systemd(sd_notify::NotifyState::Ready);
     }
-    notify_systemd("STOPPING=1");
+    notify_systemd(sd_notify::NotifyState::Stopping);
     tracing::info!("shutting down (SIGTERM or SIGINT again resets open streams at once)");
     let again = async { while !matches!(signals.next().await, Signal::Stop) {} };
     daemon.shutdown_or(again).await;
@@ -269,23 +270,29 @@ impl Signals {
     }
 }
 
-/// Tells systemd (Type=notify) about readiness; a no-op outside systemd.
-fn notify_systemd(state: &str) {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+/// Tells systemd (Type=notify) about a state change; a no-op outside systemd.
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        let socket = std::env::var("NOTIFY_SOCKET").unwrap_or_default();
+        tracing::warn!(%socket, error = %e, "cannot notify systemd");
+    }
+}
+
+/// When systemd runs meshd with `WatchdogSec=`, sends WATCHDOG=1 at half that interval
+/// from a task on the runtime: a runtime that stops running its tasks (wedged by a bug or
+/// a blocking call) stops the pings too, and systemd restarts meshd.
+fn spawn_watchdog() {
+    let Some(interval) = sd_notify::watchdog_enabled() else {
         return;
     };
-    let path = path.to_string_lossy().into_owned();
-    let addr = match path.strip_prefix('@') {
-        Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name.as_bytes()),
-        None => SocketAddr::from_pathname(&path),
-    };
-    let sent = addr.and_then(|addr| {
-        let sock = UnixDatagram::unbound()?;
-        sock.send_to_addr(state.as_bytes(), &addr)
+    let period = (interval / 2).max(std::time::Duration::from_millis(1));
+    tracing::info!(?interval, "systemd watchdog on: pinging every {period:?}");
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            notify_systemd(sd_notify::NotifyState::Watchdog);
+        }
     });
-    if let Err(e) = sent {
-        tracing::warn!(socket = %path, error = %e, "cannot notify systemd");
-    }
 }
