@@ -292,6 +292,20 @@ fn check_mode(path: &Path, meta: &fs::Metadata) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// Checks that `meta` (of `path`) belongs to the user meshd runs as.
+fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), KeyError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = effective_uid();
+    if meta.uid() != me {
+        return Err(KeyError::Owner {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    Ok(())
+}
+
 /// The effective user id of this process.
 #[allow(unsafe_code)]
 fn effective_uid() -> u32 {
@@ -305,7 +319,7 @@ fn effective_uid() -> u32 {
 /// open refuses one), a regular file, owned by the user meshd runs as, and not readable
 /// by group or others.
 fn open_secret_file(path: &Path) -> Result<fs::File, KeyError> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let io = |source| KeyError::Io {
         path: path.to_path_buf(),
         source,
@@ -329,14 +343,7 @@ fn open_secret_file(path: &Path) -> Result<fs::File, KeyError> {
             path: path.to_path_buf(),
         });
     }
-    let me = effective_uid();
-    if meta.uid() != me {
-        return Err(KeyError::Owner {
-            path: path.to_path_buf(),
-            owner: meta.uid(),
-            me,
-        });
-    }
+    check_owner(path, &meta)?;
     check_mode(path, &meta)?;
     Ok(file)
 }
@@ -360,7 +367,6 @@ pub fn read_secret_bytes(path: &Path, limit: u64) -> Result<zeroize::Zeroizing<V
 /// Checks meshd's state directory: a directory owned by the user meshd runs as that no
 /// one else can write (its handshake marks are what refuses replayed handshakes).
 pub fn check_state_dir(path: &Path) -> Result<(), KeyError> {
-    use std::os::unix::fs::MetadataExt;
     let meta = fs::metadata(path).map_err(|source| KeyError::Io {
         path: path.to_path_buf(),
         source,
@@ -370,14 +376,7 @@ pub fn check_state_dir(path: &Path) -> Result<(), KeyError> {
             path: path.to_path_buf(),
         });
     }
-    let me = effective_uid();
-    if meta.uid() != me {
-        return Err(KeyError::Owner {
-            path: path.to_path_buf(),
-            owner: meta.uid(),
-            me,
-        });
-    }
+    check_owner(path, &meta)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o022 != 0 {
         return Err(KeyError::StateDirWritable {
@@ -392,16 +391,9 @@ pub fn check_state_dir(path: &Path) -> Result<(), KeyError> {
 /// for a mesh secret made with `head -c 32 /dev/urandom`). The file must be mode 0600 or
 /// stricter, owned by this user, and not a symbolic link ([`open_secret_file`]).
 fn read_secret_file(path: &Path) -> Result<[u8; KEY_LEN], KeyError> {
-    use std::io::Read;
-    let io = |source| KeyError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = open_secret_file(path)?;
-    let mut raw = Vec::with_capacity(128);
     // A key file is one short line: anything much longer is not one, and is not read whole.
-    (&mut file).take(4096).read_to_end(&mut raw).map_err(io)?;
-    let result = if raw.len() == KEY_LEN {
+    let raw = read_secret_bytes(path, 4096)?;
+    if raw.len() == KEY_LEN {
         let mut out = [0u8; KEY_LEN];
         out.copy_from_slice(&raw);
         Ok(out)
@@ -421,9 +413,7 @@ fn read_secret_file(path: &Path) -> Result<[u8; KEY_LEN], KeyError> {
                 path: path.to_path_buf(),
             }),
         }
-    };
-    raw.zeroize();
-    result
+    }
 }
 
 /// Loads this host's private key from its key file (mode checked).

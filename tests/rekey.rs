@@ -53,6 +53,21 @@ fn established(mesh: &TestMesh, name: &str, peer: &str) -> f64 {
     )
 }
 
+/// A plain rustls client linked to a as peer b, with a certificate of the mesh CA for b:
+/// the client is b as far as a can tell.
+async fn rustls_peer_b(mesh: &TestMesh) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let ca = mesh.ca();
+    let cert = meshd::tls::certgen::issue(
+        &ca.cert_pem,
+        &ca.key_pem,
+        "b",
+        meshd::tls::certgen::Validity::days_from_now(2),
+    )
+    .expect("issue b");
+    let tcp = rogue::tls_preamble_sent(mesh.mesh_addr("a"), "b").await;
+    rogue::tls_link_up(tcp, "a", &ca.cert_pem, &cert).await
+}
+
 /// Polls until `f` holds, for at most `timeout`.
 async fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -226,18 +241,7 @@ async fn a_plain_rustls_peer_follows_and_makes_key_updates_and_gets_close_notify
         .build();
     mesh.start("a");
     mesh.wait_for_log("a", "meshd ready", LINK_UP).await;
-    // A certificate for b from the mesh CA: the client is b as far as a can tell.
-    let ca = mesh.ca();
-    let cert = meshd::tls::certgen::issue(
-        &ca.cert_pem,
-        &ca.key_pem,
-        "b",
-        meshd::tls::certgen::Validity::days_from_now(2),
-    )
-    .expect("issue b");
-    let ca = ca.cert_pem.clone();
-    let tcp = rogue::tls_preamble_sent(mesh.mesh_addr("a"), "b").await;
-    let mut tls = rogue::tls_link_up(tcp, "a", &ca, &cert).await;
+    let mut tls = rustls_peer_b(&mesh).await;
     rogue::write_frames(
         &mut tls,
         &[
@@ -354,17 +358,7 @@ async fn a_record_that_fails_to_decrypt_gets_a_bad_record_mac_alert() {
         .build();
     mesh.start("a");
     mesh.wait_for_log("a", "meshd ready", LINK_UP).await;
-    let ca = mesh.ca();
-    let cert = meshd::tls::certgen::issue(
-        &ca.cert_pem,
-        &ca.key_pem,
-        "b",
-        meshd::tls::certgen::Validity::days_from_now(2),
-    )
-    .expect("issue b");
-    let ca = ca.cert_pem.clone();
-    let tcp = rogue::tls_preamble_sent(mesh.mesh_addr("a"), "b").await;
-    let mut tls = rogue::tls_link_up(tcp, "a", &ca, &cert).await;
+    let mut tls = rustls_peer_b(&mesh).await;
     // Beneath rustls: an application data record of 40 bytes that no key sealed.
     let mut forged = vec![0x17, 0x03, 0x03, 0, 40];
     forged.extend_from_slice(&[0x5A; 40]);

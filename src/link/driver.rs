@@ -499,12 +499,7 @@ impl Driver {
                 };
                 let wbuf = &mut self.out.wbuf;
                 let start = crate::proto::handshake::Session::begin_record(wbuf);
-                crate::proto::frame::Frame::Rekey {
-                    step: out.message.step,
-                    epoch: out.message.epoch,
-                    key: out.message.key,
-                }
-                .encode(wbuf);
+                out.message.frame().encode(wbuf);
                 session.seal_record(wbuf, start)?;
                 if let Some(key) = &out.then_send_with {
                     session.switch_send(key)?;
@@ -526,11 +521,11 @@ impl Driver {
         Ok(())
     }
 
-    /// Applies what the record just opened said about keys: a REKEY frame that switches
-    /// the receiving key (from the next record on), or a KeyUpdate the TLS layer followed.
-    fn after_record_keys(&mut self, record_len: usize) -> Result<(), LinkError> {
+    /// Applies what the record just opened said about keys: a REKEY frame switches the
+    /// receiving key from the next record on. (KeyUpdates the TLS layer followed are noted
+    /// once per read, when [`Self::on_readable`] runs out of records.)
+    fn after_record_keys(&mut self, record_len: usize, now: Instant) -> Result<(), LinkError> {
         self.keys.on_received(record_len);
-        let now = Instant::now();
         while let Some(msg) = self.mux.take_rekey() {
             let (KeySchedule::Noise(rekeyer), Transport::Noise(session)) =
                 (&mut self.keys, &mut self.transport)
@@ -544,10 +539,6 @@ impl Driver {
             if let Some(key) = rekeyer.handle(msg, now).map_err(LinkError::Rekey)? {
                 session.switch_recv(&key)?;
             }
-        }
-        if let (KeySchedule::Tls(updates), Transport::Tls(tls)) = (&mut self.keys, &self.transport)
-        {
-            updates.after_record(tls.layer());
         }
         self.report_rekeys();
         Ok(())
@@ -569,7 +560,8 @@ impl Driver {
             // Opened inside the read buffer; a mux record within one TLS record (every one
             // this code sends) goes to the mux without a copy.
             let Some(record) = tls.next_record(&mut self.rbuf)? else {
-                // A KeyUpdate may have been the last record read: it carries no mux record.
+                // The KeyUpdates of this read (the last record may be one: it carries no
+                // mux record).
                 if let KeySchedule::Tls(updates) = &mut self.keys {
                     updates.after_record(tls.layer());
                 }
@@ -578,7 +570,7 @@ impl Driver {
             };
             let len = record.len();
             self.mux.handle_record(record, now)?;
-            self.after_record_keys(len)?;
+            self.after_record_keys(len, now)?;
             self.after_record()?;
         }
         while self.rbuf.len() >= 2 {
@@ -600,7 +592,7 @@ impl Driver {
             record.truncate(n);
             let record = record.freeze();
             self.mux.handle_record(record, now)?;
-            self.after_record_keys(n)?;
+            self.after_record_keys(n, now)?;
             self.after_record()?;
         }
         Ok(())

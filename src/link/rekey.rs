@@ -114,7 +114,7 @@ impl TlsUpdates {
         self.count(layer);
     }
 
-    /// Called after each record opened: notes the peer's KeyUpdates.
+    /// Called when a read has been opened to its end: notes the peer's KeyUpdates.
     pub(crate) fn after_record(&mut self, layer: &RecordLayer) {
         let (_, received) = layer.key_updates();
         if received != self.seen_received {

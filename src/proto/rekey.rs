@@ -58,6 +58,17 @@ pub struct RekeyMessage {
     pub key: [u8; 32],
 }
 
+impl RekeyMessage {
+    /// The REKEY frame that carries it.
+    pub fn frame(&self) -> super::frame::Frame<'static> {
+        super::frame::Frame::Rekey {
+            step: self.step,
+            epoch: self.epoch,
+            key: self.key,
+        }
+    }
+}
+
 /// When a link re-keys, and how long an exchange may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RekeyPolicy {

@@ -16,7 +16,35 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn run(admin: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let report = match fetch(admin) {
+    show(admin, fetch(admin), json, render, |r| {
+        r.down().next().is_none()
+    })
+}
+
+/// `meshctl status --mesh`: the N×N matrix from `GET /mesh`. Exit 0 when every host
+/// answered, every link is up and no pair disagrees; 1 otherwise; 2 when the admin server
+/// cannot be reached.
+pub fn run_mesh(admin: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let fetched = request(admin, "GET", "/mesh").and_then(|(status, body)| {
+        if status != 200 {
+            bail!("GET /mesh answered {status}: is this a meshd admin address (meshd 0.1 with mesh status)?");
+        }
+        serde_json::from_str::<MeshReport>(&body)
+            .context("GET /mesh returned something else than a meshd mesh report")
+    });
+    show(admin, fetched, json, render_mesh, MeshReport::all_up)
+}
+
+/// Prints a fetched report (as JSON, or rendered for a person) and gives the exit code:
+/// 0 when `healthy`, 1 when not, 2 when the admin server could not be reached.
+fn show<R: serde::Serialize>(
+    admin: &str,
+    fetched: anyhow::Result<R>,
+    json: bool,
+    render: impl Fn(&R) -> String,
+    healthy: impl Fn(&R) -> bool,
+) -> anyhow::Result<ExitCode> {
+    let report = match fetched {
         Ok(r) => r,
         Err(e) => {
             eprintln!(
@@ -33,42 +61,7 @@ pub fn run(admin: &str, json: bool) -> anyhow::Result<ExitCode> {
         write!(stdout, "{}", render(&report))?;
     }
     stdout.flush()?;
-    Ok(if report.down().next().is_some() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-/// `meshctl status --mesh`: the N×N matrix from `GET /mesh`. Exit 0 when every host
-/// answered, every link is up and no pair disagrees; 1 otherwise; 2 when the admin server
-/// cannot be reached.
-pub fn run_mesh(admin: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let fetched = request(admin, "GET", "/mesh").and_then(|(status, body)| {
-        if status != 200 {
-            bail!("GET /mesh answered {status}: is this a meshd admin address (meshd 0.1 with mesh status)?");
-        }
-        serde_json::from_str::<MeshReport>(&body)
-            .context("GET /mesh returned something else than a meshd mesh report")
-    });
-    let report = match fetched {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "meshctl: cannot reach the meshd admin server at {admin}: {e:#}\n\
-                 (is meshd running? --admin must match `admin` in its host config)"
-            );
-            return Ok(ExitCode::from(EX_UNREACHABLE));
-        }
-    };
-    let mut stdout = io::stdout().lock();
-    if json {
-        writeln!(stdout, "{}", serde_json::to_string_pretty(&report)?)?;
-    } else {
-        write!(stdout, "{}", render_mesh(&report))?;
-    }
-    stdout.flush()?;
-    Ok(if report.all_up() {
+    Ok(if healthy(&report) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
