@@ -78,7 +78,7 @@ impl AdapterKind {
                 match meshd::binary() {
                     Ok(p) if p.is_file() => None,
                     Ok(p) => Some(format!(
-                        "missing: build meshd ({} does not exist; cargo build --release --bins)",
+                        "missing: build meshd ({} does not exist; cargo build --release -p meshd -p meshbench)",
                         p.display()
                     )),
                     Err(e) => Some(format!("missing: meshd binary ({e:#})")),
