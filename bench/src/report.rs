@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::adapters::AdapterKind;
 use crate::goals;
 use crate::metrics::{Metric, Summary};
-use crate::procs::{self, TempDir};
+use crate::procs;
 
 /// What one adapter produced for one metric.
 #[derive(Clone, Debug)]
@@ -538,10 +538,10 @@ impl Results {
             std::fs::write(&svg_path, svg)?;
             chart = Some(svg_name);
             if procs::on_path("rsvg-convert") {
-                let dir = TempDir::new("rsvg")?;
+                let dir = procs::temp_dir("rsvg")?;
                 let mut cmd = Command::new("rsvg-convert");
                 cmd.arg("-o").arg(out.join(&png_name)).arg(&svg_path);
-                match procs::run_with_timeout(cmd, &dir, "rsvg", Duration::from_secs(30)) {
+                match procs::run_with_timeout(cmd, dir.path(), "rsvg", Duration::from_secs(30)) {
                     Ok(done) if done.status.success() => chart = Some(png_name),
                     Ok(done) => eprintln!("rsvg-convert failed: {}", done.stderr.trim()),
                     Err(e) => eprintln!("rsvg-convert failed: {e:#}"),
