@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
@@ -448,18 +448,13 @@ fn source_of() -> String {
         .ok()
         .and_then(|p| std::fs::metadata(p).ok())
         .and_then(|m| m.modified().ok())
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| format!("binary built {} UTC", report::utc_stamp(d.as_secs()).0))
+        .map(|t| format!("binary built {} UTC", report::utc_stamp(t).0))
         .unwrap_or_else(|| "no meshd binary next to meshbench".to_owned());
     format!("{commit}, {built}")
 }
 
 fn collect_meta(adapters: &[AdapterKind], runs: usize, s: &Settings, smoke: bool) -> Meta {
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (date, stamp) = report::utc_stamp(unix);
+    let (date, stamp) = report::utc_stamp(SystemTime::now());
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {

@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::adapters::Tunnel;
 use crate::metrics::{quantile, Metric};
-use crate::procs::{self, TempDir};
+use crate::procs;
 
 /// How long and how much each phase runs.
 #[derive(Clone, Copy, Debug)]
@@ -34,12 +35,7 @@ fn sum_over(pids: &[u32], f: fn(u32) -> Result<u64>) -> Result<u64> {
 }
 
 /// One iperf3 client run: Gbit/s received and bytes received.
-fn iperf_once(
-    entrance: SocketAddr,
-    streams: u32,
-    s: &Settings,
-    dir: &TempDir,
-) -> Result<(f64, f64)> {
+fn iperf_once(entrance: SocketAddr, streams: u32, s: &Settings, dir: &Path) -> Result<(f64, f64)> {
     let mut cmd = Command::new("iperf3");
     cmd.args(["-c", &entrance.ip().to_string()])
         .args(["-p", &entrance.port().to_string()])
@@ -68,12 +64,7 @@ fn iperf_once(
 
 /// iperf3 with retries: the persistent server refuses a client while it still finishes
 /// the previous test ("the server is busy"), and a first run may race the tunnel's start.
-fn iperf_retry(
-    entrance: SocketAddr,
-    streams: u32,
-    s: &Settings,
-    dir: &TempDir,
-) -> Result<(f64, f64)> {
+fn iperf_retry(entrance: SocketAddr, streams: u32, s: &Settings, dir: &Path) -> Result<(f64, f64)> {
     let mut last = None;
     for _ in 0..5 {
         match iperf_once(entrance, streams, s, dir) {
@@ -91,10 +82,10 @@ pub fn iperf_single(
     s: &Settings,
     with_cpu: bool,
 ) -> Result<Vec<(Metric, f64)>> {
-    let dir = TempDir::new("iperf-client")?;
+    let dir = procs::temp_dir("iperf-client")?;
     let pids = tunnel.pids();
     let before = sum_over(&pids, procs::cpu_ticks)?;
-    let (gbps, bytes) = iperf_retry(tunnel.entrance(), 1, s, &dir)?;
+    let (gbps, bytes) = iperf_retry(tunnel.entrance(), 1, s, dir.path())?;
     let after = sum_over(&pids, procs::cpu_ticks)?;
     tunnel.check_running()?;
     let mut out = vec![(Metric::IperfP1, gbps)];
@@ -110,8 +101,8 @@ pub fn iperf_single(
 
 /// `iperf3 -P 4`.
 pub fn iperf_four(tunnel: &mut Tunnel, s: &Settings) -> Result<Vec<(Metric, f64)>> {
-    let dir = TempDir::new("iperf-client")?;
-    let (gbps, _) = iperf_retry(tunnel.entrance(), 4, s, &dir)?;
+    let dir = procs::temp_dir("iperf-client")?;
+    let (gbps, _) = iperf_retry(tunnel.entrance(), 4, s, dir.path())?;
     tunnel.check_running()?;
     Ok(vec![(Metric::IperfP4, gbps)])
 }
@@ -129,7 +120,7 @@ fn redis_benchmark(
     requests: u64,
     s: &Settings,
 ) -> Result<RedisRun> {
-    let dir = TempDir::new("redis-benchmark")?;
+    let dir = procs::temp_dir("redis-benchmark")?;
     let mut cmd = Command::new("redis-benchmark");
     cmd.args(["-h", &entrance.ip().to_string()])
         .args(["-p", &entrance.port().to_string()])
@@ -137,7 +128,7 @@ fn redis_benchmark(
         .args(["-c", &clients.to_string()])
         .args(["--csv", "--precision", "3"]);
     let timeout = Duration::from_secs(s.seconds * 4 + 30);
-    let done = procs::run_with_timeout(cmd, &dir, "redis-benchmark", timeout)?;
+    let done = procs::run_with_timeout(cmd, dir.path(), "redis-benchmark", timeout)?;
     if !done.status.success() {
         bail!(
             "redis-benchmark exited with {}: {}",

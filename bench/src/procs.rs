@@ -1,60 +1,35 @@
-//! The processes the harness starts and the scratch space they run in: a temporary
-//! directory removed on drop, children killed on drop (only our own PIDs, never by name),
-//! commands run under a deadline, free loopback ports, and per-process figures from /proc.
+//! The processes the harness starts and the scratch space they run in: temporary
+//! directories (tempfile's, removed on drop), children killed on drop (only our own PIDs,
+//! never by name), commands run under a deadline, free loopback ports, and per-process
+//! figures from /proc.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
 
 /// How often process and port waits look again.
 const POLL: Duration = Duration::from_millis(20);
 
-/// A directory under the system temp dir, removed with everything in it on drop.
-pub struct TempDir {
-    path: PathBuf,
+/// A new directory `meshbench-LABEL-XXXXXX` under the system temp directory, removed with
+/// everything in it when the handle drops.
+pub fn temp_dir(label: &str) -> Result<TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("meshbench-{label}-"))
+        .tempdir()
+        .with_context(|| format!("create a temporary directory for {label}"))
 }
 
-impl TempDir {
-    /// Creates `meshbench-PID-N-LABEL` under the system temp directory.
-    pub fn new(label: &str) -> Result<Self> {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("meshbench-{}-{n}-{label}", std::process::id()));
-        if path.exists() {
-            fs::remove_dir_all(&path).with_context(|| format!("clean {}", path.display()))?;
-        }
-        fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
-        Ok(Self { path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// `dir/name`.
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-
-    /// Writes `dir/name` and returns its path.
-    pub fn write(&self, name: &str, contents: &str) -> Result<PathBuf> {
-        let path = self.join(name);
-        fs::write(&path, contents).with_context(|| format!("write {}", path.display()))?;
-        Ok(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
+/// Writes `dir/name` and returns its path.
+pub fn write_file(dir: &Path, name: &str, contents: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    fs::write(&path, contents).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
 }
 
 /// One long-running child with its output going to a log file.
@@ -137,12 +112,12 @@ pub struct Finished {
 /// kills it and fails after `timeout`.
 pub fn run_with_timeout(
     mut cmd: Command,
-    dir: &TempDir,
+    dir: &Path,
     label: &str,
     timeout: Duration,
 ) -> Result<Finished> {
-    let out_path = dir.join(&format!("{label}.out"));
-    let err_path = dir.join(&format!("{label}.err"));
+    let out_path = dir.join(format!("{label}.out"));
+    let err_path = dir.join(format!("{label}.err"));
     cmd.stdin(Stdio::null())
         .stdout(File::create(&out_path)?)
         .stderr(File::create(&err_path)?);

@@ -6,15 +6,17 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use serde_json::json;
+use time::macros::format_description;
+use time::OffsetDateTime;
 
 use crate::adapters::AdapterKind;
 use crate::goals;
 use crate::metrics::{Metric, Summary};
-use crate::procs::{self, TempDir};
+use crate::procs;
 
 /// What one adapter produced for one metric.
 #[derive(Clone, Debug)]
@@ -538,10 +540,10 @@ impl Results {
             std::fs::write(&svg_path, svg)?;
             chart = Some(svg_name);
             if procs::on_path("rsvg-convert") {
-                let dir = TempDir::new("rsvg")?;
+                let dir = procs::temp_dir("rsvg")?;
                 let mut cmd = Command::new("rsvg-convert");
                 cmd.arg("-o").arg(out.join(&png_name)).arg(&svg_path);
-                match procs::run_with_timeout(cmd, &dir, "rsvg", Duration::from_secs(30)) {
+                match procs::run_with_timeout(cmd, dir.path(), "rsvg", Duration::from_secs(30)) {
                     Ok(done) if done.status.success() => chart = Some(png_name),
                     Ok(done) => eprintln!("rsvg-convert failed: {}", done.stderr.trim()),
                     Err(e) => eprintln!("rsvg-convert failed: {e:#}"),
@@ -569,36 +571,35 @@ impl Results {
     }
 }
 
-/// `(YYYY-MM-DD HH:MM:SS, YYYYMMDD-HHMMSS)` in UTC for a Unix time.
-pub fn utc_stamp(unix: u64) -> (String, String) {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    let (h, mi, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}"),
-        format!("{y:04}{m:02}{d:02}-{h:02}{mi:02}{s:02}"),
-    )
+/// `(YYYY-MM-DD HH:MM:SS, YYYYMMDD-HHMMSS)` in UTC.
+pub fn utc_stamp(at: SystemTime) -> (String, String) {
+    let at = OffsetDateTime::from(at);
+    // Formatting fails only for a component the value lacks; a UTC date-time has them all.
+    let date = at
+        .format(format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second]"
+        ))
+        .expect("a UTC date-time has every component");
+    let stamp = at
+        .format(format_description!(
+            "[year][month][day]-[hour][minute][second]"
+        ))
+        .expect("a UTC date-time has every component");
+    (date, stamp)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     #[test]
     fn utc_dates() {
-        assert_eq!(utc_stamp(0).0, "1970-01-01 00:00:00");
-        assert_eq!(utc_stamp(951_782_400).1, "20000229-000000");
-        assert_eq!(utc_stamp(1_700_000_000).0, "2023-11-14 22:13:20");
+        let at = |unix| utc_stamp(UNIX_EPOCH + Duration::from_secs(unix));
+        assert_eq!(at(0).0, "1970-01-01 00:00:00");
+        assert_eq!(at(951_782_400).1, "20000229-000000");
+        assert_eq!(at(1_700_000_000).0, "2023-11-14 22:13:20");
     }
 
     #[test]

@@ -6,8 +6,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use tempfile::TempDir;
 
-use crate::procs::{self, Proc, TempDir};
+use crate::procs::{self, Proc};
 
 /// A target server process and its address.
 pub struct Target {
@@ -22,11 +23,11 @@ impl Target {
         if !procs::on_path("iperf3") {
             bail!("missing: install iperf3 (apt-get install iperf3)");
         }
-        let dir = TempDir::new("iperf3-server")?;
+        let dir = procs::temp_dir("iperf3-server")?;
         let addr = procs::local(procs::free_port()?);
         let mut cmd = Command::new("iperf3");
         cmd.args(["-s", "-B", "127.0.0.1", "-p", &addr.port().to_string()]);
-        let mut proc = Proc::spawn("iperf3 -s", cmd, dir.join("iperf3.log"))?;
+        let mut proc = Proc::spawn("iperf3 -s", cmd, dir.path().join("iperf3.log"))?;
         procs::wait_listening(addr, &mut [&mut proc], Duration::from_secs(10))?;
         Ok(Self {
             addr,
@@ -40,7 +41,7 @@ impl Target {
         if !procs::on_path("redis-server") {
             bail!("missing: install redis-server (apt-get install redis-server)");
         }
-        let dir = TempDir::new("redis-server")?;
+        let dir = procs::temp_dir("redis-server")?;
         let addr = procs::local(procs::free_port()?);
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &addr.port().to_string()])
@@ -48,7 +49,7 @@ impl Target {
             .args(["--maxclients", "10000"])
             .arg("--dir")
             .arg(dir.path());
-        let mut proc = Proc::spawn("redis-server", cmd, dir.join("redis.log"))?;
+        let mut proc = Proc::spawn("redis-server", cmd, dir.path().join("redis.log"))?;
         procs::wait_listening(addr, &mut [&mut proc], Duration::from_secs(10))?;
         procs::wait_redis_pong(addr, Duration::from_secs(10))?;
         Ok(Self {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::{ready, Tunnel};
-use crate::procs::{self, Proc, TempDir};
+use crate::procs::{self, Proc};
 
 /// Warnings only, except the dialer's `link up` line that readiness waits for.
 const RUST_LOG: &str = "warn,meshd::link::dial=info";
@@ -40,7 +40,7 @@ fn path_str(p: &Path) -> Result<String> {
 
 pub fn start(target: SocketAddr, auth: Auth) -> Result<Tunnel> {
     let bin = binary()?;
-    let dir = TempDir::new(match auth {
+    let dir = procs::temp_dir(match auth {
         Auth::Noise => "meshd-noise",
         Auth::Psk => "meshd-psk",
         Auth::Tls => "meshd-tls",
@@ -48,13 +48,13 @@ pub fn start(target: SocketAddr, auth: Auth) -> Result<Tunnel> {
     let entrance = procs::local(procs::free_port()?);
     let mesh = |_: &str| -> Result<SocketAddr> { Ok(procs::local(procs::free_port()?)) };
     let (mesh_a, mesh_b) = (mesh("a")?, mesh("b")?);
-    let manifest = dir.join("peers");
+    let manifest = dir.path().join("peers");
     std::fs::create_dir_all(&manifest)?;
     let ca = match auth {
         Auth::Tls => {
             let validity = meshd::tls::certgen::Validity::days_from_now(1);
             let ca = meshd::tls::certgen::new_ca("meshbench CA", validity)?;
-            meshd::tls::certgen::write_public(&dir.join("ca.crt"), &ca.cert_pem, true)?;
+            meshd::tls::certgen::write_public(&dir.path().join("ca.crt"), &ca.cert_pem, true)?;
             Some(ca)
         }
         _ => None,
@@ -62,7 +62,7 @@ pub fn start(target: SocketAddr, auth: Auth) -> Result<Tunnel> {
     let secret = match auth {
         Auth::Noise | Auth::Tls => None,
         Auth::Psk => {
-            let p = dir.join("mesh.secret");
+            let p = dir.path().join("mesh.secret");
             meshd::keys::create_mesh_secret_file(&p)?;
             Some(p)
         }
@@ -80,7 +80,7 @@ pub fn start(target: SocketAddr, auth: Auth) -> Result<Tunnel> {
     )?;
     let mut configs = Vec::new();
     for (name, addr) in [("a", mesh_a), ("b", mesh_b)] {
-        let host = dir.join(name);
+        let host = dir.path().join(name);
         std::fs::create_dir_all(host.join("state"))?;
         let key = host.join("host.key");
         let public = meshd::keys::create_private_key_file(&key)?;
@@ -126,7 +126,7 @@ pub fn start(target: SocketAddr, auth: Auth) -> Result<Tunnel> {
                 "cert = {}\ncert_key = {}\nca = {}\n",
                 path_str(&crt)?,
                 path_str(&key)?,
-                path_str(&dir.join("ca.crt"))?
+                path_str(&dir.path().join("ca.crt"))?
             ));
         }
         let conf = host.join("meshd.toml");
@@ -142,7 +142,7 @@ pub fn start(target: SocketAddr, auth: Auth) -> Result<Tunnel> {
         Proc::spawn(
             &format!("meshd {name}"),
             cmd,
-            dir.join(&format!("{name}.log")),
+            dir.path().join(format!("{name}.log")),
         )
     };
     let mut a = spawn("a", &configs[0])?;

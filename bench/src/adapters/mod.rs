@@ -9,8 +9,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use tempfile::TempDir;
 
-use crate::procs::{self, Proc, TempDir};
+use crate::procs::{self, Proc};
 
 mod meshd;
 mod rathole;
@@ -78,7 +79,7 @@ impl AdapterKind {
                 match meshd::binary() {
                     Ok(p) if p.is_file() => None,
                     Ok(p) => Some(format!(
-                        "missing: build meshd ({} does not exist; cargo build --release --bins)",
+                        "missing: build meshd ({} does not exist; cargo build --release -p meshd -p meshbench)",
                         p.display()
                     )),
                     Err(e) => Some(format!("missing: meshd binary ({e:#})")),
@@ -146,10 +147,10 @@ impl FromStr for AdapterKind {
 /// stderr: stunnel prints its version on stderr).
 pub fn tool_version(program: impl Into<PathBuf>, args: &[&str], label: &str) -> Option<String> {
     let program = program.into();
-    let dir = TempDir::new(&format!("version-{label}")).ok()?;
+    let dir = procs::temp_dir(&format!("version-{label}")).ok()?;
     let mut cmd = std::process::Command::new(&program);
     cmd.args(args);
-    let done = procs::run_with_timeout(cmd, &dir, "version", Duration::from_secs(10)).ok()?;
+    let done = procs::run_with_timeout(cmd, dir.path(), "version", Duration::from_secs(10)).ok()?;
     let lines: Vec<&str> = done
         .stdout
         .lines()

@@ -4,14 +4,14 @@
 //! the client end of our tunnel and the rathole client is the server end.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use super::{ready, Tunnel};
-use crate::procs::{self, Proc, TempDir};
+use crate::procs::{self, Proc};
 
 /// `rathole` on PATH, else `~/.cargo/bin/rathole` (where `cargo install` puts it).
 pub fn binary() -> Option<PathBuf> {
@@ -23,7 +23,7 @@ pub fn binary() -> Option<PathBuf> {
 }
 
 /// Runs `rathole --genkey` and returns (private, public) in base64.
-fn genkey(bin: &PathBuf, dir: &TempDir) -> Result<(String, String)> {
+fn genkey(bin: &PathBuf, dir: &Path) -> Result<(String, String)> {
     let mut cmd = Command::new(bin);
     cmd.arg("--genkey");
     let done = procs::run_with_timeout(cmd, dir, "genkey", Duration::from_secs(10))?;
@@ -49,12 +49,13 @@ fn genkey(bin: &PathBuf, dir: &TempDir) -> Result<(String, String)> {
 
 pub fn start(target: SocketAddr) -> Result<Tunnel> {
     let bin = binary().context("rathole not installed")?;
-    let dir = TempDir::new("rathole")?;
+    let dir = procs::temp_dir("rathole")?;
     let entrance = procs::local(procs::free_port()?);
     let control = procs::local(procs::free_port()?);
-    let (private, public) = genkey(&bin, &dir)?;
+    let (private, public) = genkey(&bin, dir.path())?;
     let token = super::stunnel::random_hex()?;
-    let server_conf = dir.write(
+    let server_conf = procs::write_file(
+        dir.path(),
         "server.toml",
         &format!(
             "[server]\nbind_addr = \"{control}\"\n\n[server.transport]\ntype = \"noise\"\n\n\
@@ -62,7 +63,8 @@ pub fn start(target: SocketAddr) -> Result<Tunnel> {
              [server.services.bench]\ntoken = \"{token}\"\nbind_addr = \"{entrance}\"\n"
         ),
     )?;
-    let client_conf = dir.write(
+    let client_conf = procs::write_file(
+        dir.path(),
         "client.toml",
         &format!(
             "[client]\nremote_addr = \"{control}\"\n\n[client.transport]\ntype = \"noise\"\n\n\
@@ -74,13 +76,13 @@ pub fn start(target: SocketAddr) -> Result<Tunnel> {
     cmd.arg("--server")
         .arg(&server_conf)
         .env("RUST_LOG", "warn");
-    let mut server_proc = Proc::spawn("rathole server", cmd, dir.join("server.log"))?;
+    let mut server_proc = Proc::spawn("rathole server", cmd, dir.path().join("server.log"))?;
     procs::wait_listening(control, &mut [&mut server_proc], super::START_TIMEOUT)?;
     let mut cmd = Command::new(&bin);
     cmd.arg("--client")
         .arg(&client_conf)
         .env("RUST_LOG", "warn");
-    let client_proc = Proc::spawn("rathole client", cmd, dir.join("client.log"))?;
+    let client_proc = Proc::spawn("rathole client", cmd, dir.path().join("client.log"))?;
     // The visitor port opens only once the control channel is up.
     ready(entrance, vec![server_proc, client_proc], dir)
 }

@@ -8,13 +8,13 @@ use std::process::Command;
 use anyhow::Result;
 
 use super::{ready, Tunnel};
-use crate::procs::{self, Proc, TempDir};
+use crate::procs::{self, Proc};
 
 pub fn start(target: SocketAddr) -> Result<Tunnel> {
-    let dir = TempDir::new("spiped")?;
+    let dir = procs::temp_dir("spiped")?;
     let entrance = procs::local(procs::free_port()?);
     let server = procs::local(procs::free_port()?);
-    let key = dir.join("key");
+    let key = dir.path().join("key");
     let mut bytes = [0u8; 32];
     meshd::keys::fill_random(&mut bytes)?;
     std::fs::write(&key, bytes)?;
@@ -28,19 +28,19 @@ pub fn start(target: SocketAddr) -> Result<Tunnel> {
             .arg("-k")
             .arg(&key)
             .args(["-F", "-n", "0", "-p"])
-            .arg(dir.join(pidfile));
+            .arg(dir.path().join(pidfile));
         cmd
     };
     let mut server_proc = Proc::spawn(
         "spiped -d",
         spiped("-d", server, target, "d.pid"),
-        dir.join("d.log"),
+        dir.path().join("d.log"),
     )?;
     procs::wait_listening(server, &mut [&mut server_proc], super::START_TIMEOUT)?;
     let client_proc = Proc::spawn(
         "spiped -e",
         spiped("-e", entrance, server, "e.pid"),
-        dir.join("e.log"),
+        dir.path().join("e.log"),
     )?;
     ready(entrance, vec![client_proc, server_proc], dir)
 }

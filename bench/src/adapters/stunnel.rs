@@ -7,13 +7,13 @@ use std::process::Command;
 use anyhow::Result;
 
 use super::{ready, Tunnel};
-use crate::procs::{self, Proc, TempDir};
+use crate::procs::{self, Proc};
 
 pub fn start(target: SocketAddr) -> Result<Tunnel> {
-    let dir = TempDir::new("stunnel")?;
+    let dir = procs::temp_dir("stunnel")?;
     let entrance = procs::local(procs::free_port()?);
     let server = procs::local(procs::free_port()?);
-    let psk = dir.write("psk.txt", &format!("bench:{}\n", random_hex()?))?;
+    let psk = procs::write_file(dir.path(), "psk.txt", &format!("bench:{}\n", random_hex()?))?;
     std::fs::set_permissions(&psk, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let section = |client: bool, accept: SocketAddr, connect: SocketAddr| {
         format!(
@@ -24,14 +24,16 @@ pub fn start(target: SocketAddr) -> Result<Tunnel> {
             psk.display()
         )
     };
-    let server_conf = dir.write("server.conf", &section(false, server, target))?;
-    let client_conf = dir.write("client.conf", &section(true, entrance, server))?;
+    let server_conf =
+        procs::write_file(dir.path(), "server.conf", &section(false, server, target))?;
+    let client_conf =
+        procs::write_file(dir.path(), "client.conf", &section(true, entrance, server))?;
     let mut cmd = Command::new("stunnel");
     cmd.arg(&server_conf);
-    let server_proc = Proc::spawn("stunnel server", cmd, dir.join("server.log"))?;
+    let server_proc = Proc::spawn("stunnel server", cmd, dir.path().join("server.log"))?;
     let mut cmd = Command::new("stunnel");
     cmd.arg(&client_conf);
-    let client_proc = Proc::spawn("stunnel client", cmd, dir.join("client.log"))?;
+    let client_proc = Proc::spawn("stunnel client", cmd, dir.path().join("client.log"))?;
     let mut server_proc = server_proc;
     procs::wait_listening(server, &mut [&mut server_proc], super::START_TIMEOUT)?;
     ready(entrance, vec![client_proc, server_proc], dir)

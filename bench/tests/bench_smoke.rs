@@ -1,6 +1,9 @@
 //! `meshbench run --smoke` against `direct` and `meshd-noise`: the harness starts, measures
 //! every phase and writes a table with a number in every cell that should have one.
 //! No timing is asserted: this checks the harness, not the machine.
+//!
+//! meshbench runs the `meshd` built next to it, which only a build of the meshd package puts
+//! there: `cargo test --workspace` (scripts/test) builds both into one target directory.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -20,6 +23,19 @@ fn require(program: &str, package: &str) {
     );
 }
 
+/// Fails unless a `meshd` sits next to meshbench, saying how to build it: without one the
+/// meshd column would only say `missing`.
+fn require_meshd_next_to_meshbench() {
+    let meshd = Path::new(env!("CARGO_BIN_EXE_meshbench")).with_file_name("meshd");
+    assert!(
+        meshd.is_file(),
+        "{} not found: meshbench runs the meshd next to it; run this test with \
+         `cargo test --workspace` (as scripts/test does), or build meshd with the same \
+         profile first (`cargo build -p meshd`)",
+        meshd.display()
+    );
+}
+
 /// Whether a table cell holds a number (first token parses as f64).
 fn is_number(cell: &str) -> bool {
     cell.split_whitespace()
@@ -32,6 +48,7 @@ fn smoke_run_fills_the_table_for_direct_and_meshd() {
     require("iperf3", "iperf3");
     require("redis-server", "redis-server");
     require("redis-benchmark", "redis-tools");
+    require_meshd_next_to_meshbench();
     let out = tempfile::tempdir().expect("temp dir");
     let log = out.path().join("meshbench.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_meshbench"))
